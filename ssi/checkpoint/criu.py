@@ -1,0 +1,412 @@
+"""CRIU through its RPC: pycriu in swrk mode (CRIU exec'd as our child per request).
+
+    Criu(binary).dump(pid, dir) ──socketpair──▶ criu swrk ──▶ images + dump.log in dir
+    Criu(binary).restore(dir)   ──socketpair──▶ criu swrk ──▶ restored tree, our child
+
+The dumped tree is a job: PID 1 of its own PID/IPC/UTS namespaces (the job init), so
+CRIU dumps those namespaces with it and restores them fresh, the PIDs inside unchanged.
+
+Choices made for such jobs (see DumpOptions and RestoreOptions for the knobs):
+- shell_job off: the job is a session leader in a session of its own, no terminal.
+- file_locks on: a job holding a lock (sqlite, flock) is otherwise refused by CRIU; on
+  restore it holds the lock again.
+- ext_unix_sk off: job stdio is files or /dev/null, never a socket to the outside.
+- cgroups in CRIU's default "soft" mode: a job in a cgroup of its own (not CRIU's) is
+  restored into that cgroup, created when missing.
+- restore as a sibling of CRIU (rst_sibling), i.e. as a direct child of the caller: it
+  is then reaped by the caller, and a job init with a parent-death signal keeps it (CRIU
+  warns that a detached root would receive it as soon as CRIU exits).
+
+Every failure is a CriuError that names what blocked the operation, taken from the
+"Error (...)" lines of CRIU's log, and the log's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno as _errno
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pycriu
+from pycriu import rpc_pb2 as rpc
+
+from ssi.checkpoint.errors import CriuError
+
+log = logging.getLogger(__name__)
+
+ImagesDir = str | os.PathLike[str] | int  # a path, or an open directory fd (kept open)
+
+# Error lines CRIU logs on this machine on every run without failing because of them:
+# no CAP_SYS_RESOURCE, so it cannot raise its own RLIMIT_NOFILE.
+_BENIGN = ("rlimit: Can't setup RLIMIT_NOFILE",)
+# Closing lines that only repeat that the operation failed.
+_GENERIC = re.compile(r"^(Dumping|Restoring|Pre-dumping) FAILED\.?$")
+_ERROR_LINE = re.compile(r"\bError \(([^)]*)\):\s*(.*\S)")
+
+
+class CgroupMode(enum.Enum):
+    """CRIU's --manage-cgroups modes (see criu(8)); SOFT is CRIU's default."""
+
+    IGNORE = "IGNORE"  # leave cgroups alone: the tree lands in the caller's cgroups
+    NONE = "CG_NONE"  # put tasks into the dumped cgroups, restore no properties
+    PROPS = "PROPS"  # restore properties of the dumped cgroups only
+    SOFT = "SOFT"  # restore properties of cgroups CRIU had to create
+    FULL = "FULL"  # restore all properties
+    STRICT = "STRICT"  # like FULL, and fail if a cgroup exists already
+
+
+@dataclass(frozen=True, slots=True)
+class PageServer:
+    """Where a dump sends its pages instead of the images dir (for migration, later)."""
+
+    address: str
+    port: int
+    fd: int | None = None  # an already connected socket to use instead of connecting
+
+
+@dataclass(frozen=True, slots=True)
+class DumpOptions:
+    """What a dump sets beyond its per-call arguments. Units: seconds, pages, bytes."""
+
+    file_locks: bool = True
+    ext_unix_sk: bool = False
+    shell_job: bool = False
+    manage_cgroups: CgroupMode = CgroupMode.SOFT
+    freeze_cgroup: str | None = None  # freeze through this cgroup's freezer, not ptrace
+    external: tuple[str, ...] = ()  # CRIU --external resources, e.g. "mnt[/x]:x"
+    timeout: int | None = None  # seconds CRIU may spend freezing and collecting
+    ghost_limit: int | None = None  # bytes of deleted-but-open files kept in images
+    log_level: int = 4  # 0 (errors only) … 4 (debug); 4 costs a few ms and finds bugs
+    work_dir: str | None = None  # where the log goes; default: the images dir
+    # Migration, later: incremental dumps, memory tracking, lazy pages, page server.
+    parent_img: str | None = None  # relative to the images dir
+    track_mem: bool = False
+    lazy_pages: bool = False
+    page_server: PageServer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOptions:
+    """What a restore sets beyond its per-call arguments."""
+
+    file_locks: bool = True
+    ext_unix_sk: bool = False
+    shell_job: bool = False
+    manage_cgroups: CgroupMode = CgroupMode.SOFT
+    cgroup_root: tuple[tuple[str, str], ...] = ()  # (controller or "", new root path)
+    external: tuple[str, ...] = ()
+    inherit_fd: tuple[tuple[str, int], ...] = ()  # (resource key, our fd) CRIU reuses
+    sibling: bool = True  # restored root becomes the caller's child (see module doc)
+    log_level: int = 4
+    work_dir: str | None = None
+    lazy_pages: bool = False  # pages come later from a lazy-pages daemon
+
+
+@dataclass(frozen=True, slots=True)
+class DumpResult:
+    images_dir: Path
+    log_path: Path
+    seconds: float  # wall time of the RPC, CRIU's start included
+    stats: dict[str, int] = field(default_factory=dict)  # CRIU's stats-dump, µs/pages
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.images_dir.iterdir() if p.is_file())
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    pid: int  # host PID of the restored root, a child of the caller
+    images_dir: Path
+    log_path: Path
+    seconds: float
+    stats: dict[str, int] = field(default_factory=dict)  # CRIU's stats-restore
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    mem_track: bool  # soft-dirty tracking, needed by pre-dump
+    lazy_pages: bool  # userfaultfd, needed by post-copy migration
+    pidfd_store: bool
+
+
+def log_errors(log_path: Path) -> list[str]:
+    """The distinct "Error (...)" messages of a CRIU log, in order, noise left out."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    seen: list[str] = []
+    for m in _ERROR_LINE.finditer(text):
+        msg = m.group(2)
+        if msg in seen or msg.startswith(_BENIGN) or _GENERIC.match(msg):
+            continue
+        seen.append(msg)
+    return seen
+
+
+class Criu:
+    """One CRIU binary, driven through RPC. Each call runs its own `criu swrk` child."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+
+    def __repr__(self) -> str:
+        return f"Criu({self.binary!r})"
+
+    # -- queries --------------------------------------------------------------
+
+    def version(self) -> str:
+        """CRIU's version, e.g. "4.1.1" (with "-g<gitid>" for a git build)."""
+        req = rpc.criu_req()
+        req.type = rpc.VERSION
+        resp = self._call("version", req)
+        if not resp.success:
+            raise CriuError("version", "CRIU did not report its version")
+        v = resp.version
+        text = f"{v.major_number}.{v.minor_number}"
+        if v.HasField("sublevel"):
+            text += f".{v.sublevel}"
+        if v.HasField("gitid") and v.gitid:
+            text += f"-g{v.gitid}"
+        return text
+
+    def check(self, work_dir: str | None = None) -> None:
+        """Raise CriuError naming what CRIU misses on this kernel; None when usable.
+
+        The log goes to work_dir (default: a temporary directory, kept on failure).
+        """
+        tmp = None if work_dir else tempfile.mkdtemp(prefix="ssi-criu-check-")
+        directory = Path(work_dir or tmp or ".")
+        req = rpc.criu_req()
+        req.type = rpc.CHECK
+        with _open_dir(directory, "check") as fd:
+            req.opts.images_dir_fd = fd
+            req.opts.log_file = "check.log"
+            req.opts.log_level = 4
+            resp = self._call("check", req)
+        log_path = directory / "check.log"
+        if not resp.success:
+            raise CriuError(
+                "check",
+                "CRIU cannot checkpoint on this machine",
+                errors=log_errors(log_path),
+                log_path=log_path,
+            )
+        if tmp:
+            log_path.unlink(missing_ok=True)
+            os.rmdir(tmp)
+
+    def features(self) -> Features:
+        """Which optional kernel features CRIU can use here."""
+        req = rpc.criu_req()
+        req.type = rpc.FEATURE_CHECK
+        req.features.mem_track = True
+        req.features.lazy_pages = True
+        req.features.pidfd_store = True
+        resp = self._call("features", req)
+        if not resp.success:
+            raise CriuError("features", "CRIU's feature check failed")
+        f = resp.features
+        return Features(bool(f.mem_track), bool(f.lazy_pages), bool(f.pidfd_store))
+
+    # -- dump and restore -------------------------------------------------------
+
+    def dump(
+        self,
+        pid: int,
+        images_dir: ImagesDir,
+        *,
+        leave_running: bool = False,
+        tcp_established: bool = False,
+        log_file: str = "dump.log",
+        options: DumpOptions | None = None,
+    ) -> DumpResult:
+        """Dump the process tree whose root is `pid` (host PID) into images_dir.
+
+        The tree is killed once dumped unless leave_running; on failure it runs on.
+        Raises CriuError naming the blocker (e.g. an established TCP connection when
+        not tcp_established) and the log's path.
+        """
+        o = options or DumpOptions()
+        req = rpc.criu_req()
+        req.type = rpc.DUMP
+        opts = req.opts
+        opts.pid = pid
+        opts.leave_running = leave_running
+        opts.tcp_established = tcp_established
+        opts.file_locks = o.file_locks
+        opts.ext_unix_sk = o.ext_unix_sk
+        opts.shell_job = o.shell_job
+        opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
+        opts.external.extend(o.external)
+        if o.freeze_cgroup:
+            opts.freeze_cgroup = o.freeze_cgroup
+        if o.timeout is not None:
+            opts.timeout = o.timeout
+        if o.ghost_limit is not None:
+            opts.ghost_limit = o.ghost_limit
+        if o.parent_img:
+            opts.parent_img = o.parent_img
+        if o.track_mem:
+            opts.track_mem = True
+        if o.lazy_pages:
+            opts.lazy_pages = True
+        if o.page_server:
+            opts.ps.address = o.page_server.address
+            opts.ps.port = o.page_server.port
+            if o.page_server.fd is not None:
+                opts.ps.fd = o.page_server.fd
+        what = f"dump of pid {pid}"
+        resp, path, log_path, seconds = self._run(
+            "dump", what, req, images_dir, log_file, o.log_level, o.work_dir
+        )
+        log.info("op=criu.dump pid=%s dir=%s took %.3fs", pid, path, seconds)
+        return DumpResult(path, log_path, seconds, _stats(path / "stats-dump", "dump"))
+
+    def restore(
+        self,
+        images_dir: ImagesDir,
+        *,
+        tcp_established: bool = False,
+        log_file: str = "restore.log",
+        options: RestoreOptions | None = None,
+    ) -> RestoreResult:
+        """Restore the tree dumped in images_dir, detached, as a child of the caller.
+
+        It lands in the caller's network and mount namespaces. The caller must reap it,
+        and should be a child subreaper (kernel_shim.set_child_subreaper()) so that
+        anything of the tree that outlives its root is reaped too.
+        """
+        o = options or RestoreOptions()
+        req = rpc.criu_req()
+        req.type = rpc.RESTORE
+        opts = req.opts
+        opts.tcp_established = tcp_established
+        opts.file_locks = o.file_locks
+        opts.ext_unix_sk = o.ext_unix_sk
+        opts.shell_job = o.shell_job
+        opts.rst_sibling = o.sibling
+        opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
+        opts.external.extend(o.external)
+        for ctrl, root in o.cgroup_root:
+            cg = opts.cg_root.add()
+            if ctrl:
+                cg.ctrl = ctrl
+            cg.path = root
+        for key, fd in o.inherit_fd:
+            inh = opts.inherit_fd.add()
+            inh.key = key
+            inh.fd = fd
+        if o.lazy_pages:
+            opts.lazy_pages = True
+        resp, path, log_path, seconds = self._run(
+            "restore", "restore", req, images_dir, log_file, o.log_level, o.work_dir
+        )
+        pid = int(resp.restore.pid)
+        log.info("op=criu.restore dir=%s pid=%s took %.3fs", path, pid, seconds)
+        stats = _stats(path / "stats-restore", "restore")
+        return RestoreResult(pid, path, log_path, seconds, stats)
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _run(
+        self,
+        op: str,
+        what: str,
+        req: Any,
+        images_dir: ImagesDir,
+        log_file: str,
+        log_level: int,
+        work_dir: str | None,
+    ) -> tuple[Any, Path, Path, float]:
+        if "/" in log_file:
+            raise ValueError(f"log_file must be a bare file name, not {log_file!r}")
+        with contextlib.ExitStack() as stack:
+            fd = stack.enter_context(_open_dir(images_dir, op))
+            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if op == "restore" and not (path / "inventory.img").exists():
+                raise CriuError(
+                    op,
+                    f"{path} holds no CRIU images (no inventory.img)",
+                    images_dir=path,
+                )
+            req.opts.images_dir_fd = fd
+            req.opts.log_file = log_file
+            req.opts.log_level = log_level
+            log_path = path / log_file
+            if work_dir:
+                wfd = stack.enter_context(_open_dir(work_dir, op))
+                req.opts.work_dir_fd = wfd
+                log_path = Path(os.readlink(f"/proc/self/fd/{wfd}")) / log_file
+            start = time.perf_counter()
+            resp = self._call(op, req)
+            seconds = time.perf_counter() - start
+        if not resp.success:
+            raise CriuError(
+                op,
+                f"{what} failed",
+                errors=log_errors(log_path),
+                errno=int(resp.cr_errno) if resp.HasField("cr_errno") else None,
+                crit_message=resp.cr_errmsg if resp.HasField("cr_errmsg") else None,
+                log_path=log_path,
+                images_dir=path,
+            )
+        return resp, path, log_path, seconds
+
+    def _call(self, op: str, req: Any) -> Any:
+        if not os.access(self.binary, os.X_OK):
+            raise CriuError(
+                op, f"CRIU binary {self.binary} is missing or not executable"
+            )
+        c = pycriu.criu()
+        c.use_binary(self.binary)
+        try:
+            # pycriu's one request/response exchange; its public methods drop cr_errmsg.
+            return c._send_req_and_recv_resp(req)
+        except pycriu.CRIUException as e:
+            raise CriuError(op, f"no answer from {self.binary} swrk: {e}") from None
+
+
+class _open_dir:
+    """An images/work directory as an fd for CRIU (it opens /proc/<us>/fd/<fd>)."""
+
+    def __init__(self, where: ImagesDir, op: str) -> None:
+        self.where = where
+        self.op = op
+        self.fd = -1
+
+    def __enter__(self) -> int:
+        if isinstance(self.where, int):
+            return self.where
+        try:
+            self.fd = os.open(self.where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            what = "is not a directory" if e.errno == _errno.ENOTDIR else e.strerror
+            raise CriuError(
+                self.op, f"images directory {os.fspath(self.where)!s}: {what}"
+            ) from None
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+def _stats(path: Path, kind: str) -> dict[str, int]:
+    """CRIU's stats-dump / stats-restore image as a flat dict (µs and page counts)."""
+    try:
+        with open(path, "rb") as f:
+            img = pycriu.images.load(f)
+        entry = img["entries"][0][kind]
+        return {k: int(v) for k, v in entry.items()}
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+        return {}
