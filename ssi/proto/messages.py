@@ -1,0 +1,263 @@
+"""The wire messages: the one place where requests and their replies are defined.
+
+Adding an op is adding a class here; the registry and the tagged union that decodes
+requests pick it up by themselves:
+
+    class NodeShow(Request[NodeInfo], tag="node.show"):   # op name `area.verb`
+        name: str
+
+`Request[R]` names the reply payload type R; clients convert the reply's value to R
+(`Request[Any]` leaves it as msgpack builtins). Every request is frozen, keyword-only
+and refuses unknown fields; its op travels in the `op` key of the body map and is
+readable as `NodeShow.op`.
+
+    Envelope(v, id, body=<Request>, cause, sender, uid, gid, deadline)  ──▶
+    ◀──  Reply(v, id, ok, value | error=WireError(code, message, details))
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union, get_args
+
+import msgspec
+
+from ssi.proto.errors import WireError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Request",
+    "Envelope",
+    "Reply",
+    "WireError",
+    "registry",
+    "request_union",
+    "result_type",
+    "Pong",
+    "Ping",
+    "NodeJoin",
+    "NodeHello",
+    "Heartbeat",
+    "NodeList",
+    "NodeShow",
+    "NodeToken",
+    "NodeDrain",
+    "NodeResume",
+    "NodeEvict",
+    "ClusterInit",
+    "ClusterStatus",
+    "ClusterJoin",
+]
+
+PROTOCOL_VERSION = 1
+
+R = TypeVar("R")
+
+_OP_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_registry: dict[str, type[Request[Any]]] = {}
+_lock = threading.Lock()
+_generation = 0  # bumped on every registration, so the union is rebuilt lazily
+
+
+class _RequestMeta(msgspec.StructMeta):
+    """Makes every Request subclass keyword-only and registers it under its op."""
+
+    def __new__(
+        mcls,
+        name: str,
+        bases: tuple[type, ...],
+        namespace: dict[str, Any],
+        **kwargs: Any,
+    ) -> _RequestMeta:
+        is_subclass = any(isinstance(b, _RequestMeta) for b in bases)
+        if is_subclass:
+            kwargs.setdefault("kw_only", True)
+            tag = kwargs.get("tag")
+            if not isinstance(tag, str) or not _OP_NAME.match(tag):
+                raise TypeError(
+                    f"{name}: a request needs its op name as tag, "
+                    f'e.g. class {name}(Request[...], tag="area.verb")'
+                )
+        cls = super().__new__(mcls, name, bases, namespace, **kwargs)
+        if is_subclass:
+            global _generation
+            op = kwargs["tag"]
+            with _lock:
+                if op in _registry:
+                    raise TypeError(f"{name}: op {op!r} is already {_registry[op]!r}")
+                cls.op = op  # type: ignore[attr-defined]
+                _registry[op] = cls  # type: ignore[assignment]
+                _generation += 1
+        return cls
+
+
+if TYPE_CHECKING:
+    # Type checkers see a plain Struct base (kw_only and frozen as at run time).
+    from typing import dataclass_transform
+
+    @dataclass_transform(
+        kw_only_default=True, frozen_default=True, field_specifiers=(msgspec.field,)
+    )
+    class _RequestBase(msgspec.Struct, frozen=True, kw_only=True):
+        pass
+else:
+    _RequestBase = msgspec.Struct
+
+
+class Request(
+    _RequestBase,
+    Generic[R],
+    metaclass=_RequestMeta,
+    frozen=True,
+    tag_field="op",
+    forbid_unknown_fields=True,
+    kw_only=True,
+):
+    """Base of every request; R is the type of the reply's value."""
+
+    op: ClassVar[str]
+
+
+def registry() -> dict[str, type[Request[Any]]]:
+    """A copy of op name → request class."""
+    with _lock:
+        return dict(_registry)
+
+
+_union_cache: tuple[int, Any] = (-1, None)
+
+
+def request_union() -> Any:
+    """The tagged union of all request classes (rebuilt when a class was added)."""
+    global _union_cache
+    with _lock:
+        generation, union = _union_cache
+        if generation != _generation:
+            union = Union[tuple(_registry.values())]  # noqa: UP007
+            _union_cache = (_generation, union)
+        return union
+
+
+def result_type(cls: type[Request[Any]]) -> Any:
+    """The R of a `Request[R]` subclass (Any when not stated)."""
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if getattr(base, "__origin__", None) is Request:
+                args = get_args(base)
+                if args and not isinstance(args[0], TypeVar):
+                    return args[0]
+                return Any
+    return Any
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A request with its header.
+
+    `id` matches the reply; `cause` follows one stimulus across nodes; `sender` names
+    the sending node; `uid`/`gid` are the end user a node acts for (set by a trusted
+    node; the local socket overwrites them with the caller's peer credentials);
+    `deadline` is advisory, wall-clock seconds since the epoch.
+    """
+
+    v: int
+    id: str
+    body: Request[Any]
+    cause: str = ""
+    sender: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    deadline: float | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    v: int
+    id: str
+    ok: bool
+    value: Any = None
+    error: WireError | None = None
+
+
+# --- sys ----------------------------------------------------------------------------
+
+
+class Pong(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    version: str
+    time: float  # wall clock of the answering node, seconds since the epoch
+
+
+class Ping(Request[Pong], tag="sys.ping"):
+    pass
+
+
+# --- node ---------------------------------------------------------------------------
+
+
+class NodeJoin(Request[Any], tag="node.join"):
+    """A new node presents its join token to the coordinator."""
+
+    token: str
+    name: str
+    address: str
+    port: int
+    resources: dict[str, Any]
+
+
+class NodeHello(Request[Any], tag="node.hello"):
+    """A known node (re)announces itself, e.g. after a restart."""
+
+    name: str
+    address: str
+    port: int
+    resources: dict[str, Any]
+
+
+class Heartbeat(Request[Any], tag="node.heartbeat"):
+    name: str
+    seq: int
+    load: dict[str, float]
+
+
+class NodeList(Request[Any], tag="node.list"):
+    pass
+
+
+class NodeShow(Request[Any], tag="node.show"):
+    name: str
+
+
+class NodeToken(Request[Any], tag="node.token"):
+    ttl: float | None = None  # seconds; None: the configured default
+
+
+class NodeDrain(Request[Any], tag="node.drain"):
+    name: str
+    reason: str = ""
+
+
+class NodeResume(Request[Any], tag="node.resume"):
+    name: str
+
+
+class NodeEvict(Request[Any], tag="node.evict"):
+    name: str
+    force: bool = False
+    wait: bool = False
+
+
+# --- cluster ------------------------------------------------------------------------
+
+
+class ClusterInit(Request[Any], tag="cluster.init"):
+    name: str
+
+
+class ClusterStatus(Request[Any], tag="cluster.status"):
+    pass
+
+
+class ClusterJoin(Request[Any], tag="cluster.join"):
+    """Asks the local ssid to join the cluster the token belongs to."""
+
+    token: str
