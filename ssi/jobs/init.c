@@ -1,2 +1,239 @@
-/* placeholder until the job init lands */
-int main(void) { return 0; }
+/* ssi-init: PID 1 of every job's PID namespace.
+ *
+ *   ssi-init [--status-file PATH] [--] CMD [ARGS...]
+ *
+ * Starts CMD as its child (same session and process group), then loops: reaps every
+ * child and orphan, forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the main
+ * process while it lives, else to every process of the namespace (kill(-1)), and
+ * exits once no process of the job is left, so daemonizing programs stay in the job.
+ * Exit status: the main's exit code, or 128+N if signal N killed it. If --status-file
+ * is given, writes one JSON line there first (tmp file + rename), e.g.
+ *   {"exited": 7, "utime": 0.01, "stime": 0.00, "maxrss_kb": 1532, ...}
+ *   {"signaled": 15, "core_dumped": false, ...}
+ *
+ * The loop is a blocked signal mask and sigwaitinfo, with no fd open, so that CRIU can
+ * dump and restore the namespace at any point; every call retries on EINTR.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#define VERSION "1"
+
+static const int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 };
+#define NFORWARDED (sizeof forwarded / sizeof forwarded[0])
+
+static void usage(FILE *f)
+{
+    fputs("usage: ssi-init [--status-file PATH] [--] CMD [ARGS...]\n"
+          "Run CMD as the job's main process; reap, forward signals, exit with its status.\n",
+          f);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double tv_secs(struct timeval tv)
+{
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* One JSON line, written to PATH.tmp then renamed, so readers never see half of it. */
+static void write_status(const char *path, int status, int exec_errno, double started)
+{
+    struct rusage ru;
+    char line[512], tmp[4096];
+    int n, fd;
+
+    memset(&ru, 0, sizeof ru);
+    getrusage(RUSAGE_CHILDREN, &ru);
+    if (WIFSIGNALED(status))
+        n = snprintf(line, sizeof line, "{\"signaled\": %d, \"core_dumped\": %s",
+                     WTERMSIG(status), WCOREDUMP(status) ? "true" : "false");
+    else
+        n = snprintf(line, sizeof line, "{\"exited\": %d", WEXITSTATUS(status));
+    if (exec_errno)
+        n += snprintf(line + n, sizeof line - n, ", \"exec_errno\": %d, \"exec_error\": \"%s\"",
+                      exec_errno, strerror(exec_errno));
+    n += snprintf(line + n, sizeof line - n,
+                  ", \"utime\": %.3f, \"stime\": %.3f, \"maxrss_kb\": %ld"
+                  ", \"started\": %.3f, \"ended\": %.3f}\n",
+                  tv_secs(ru.ru_utime), tv_secs(ru.ru_stime), ru.ru_maxrss, started, now());
+
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        fprintf(stderr, "ssi-init: status file path too long\n");
+        return;
+    }
+    do
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0 || write_all(fd, line, (size_t)n) < 0 || fsync(fd) < 0 ||
+        close(fd) < 0 || rename(tmp, path) < 0) {
+        fprintf(stderr, "ssi-init: writing %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+    }
+}
+
+/* Exec CMD in a child; returns its pid, and its execvp errno through *exec_errno. */
+static pid_t start_main(char **cmd, const sigset_t *orig_mask, int *exec_errno)
+{
+    int pipefd[2], err = 0;
+    ssize_t n;
+    pid_t pid;
+
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        return -1;
+    pid = fork();
+    if (pid == 0) {
+        close(pipefd[0]);
+        sigprocmask(SIG_SETMASK, orig_mask, NULL);
+        execvp(cmd[0], cmd);
+        err = errno;
+        fprintf(stderr, "ssi-init: %s: %s\n", cmd[0], strerror(err));
+        while (write(pipefd[1], &err, sizeof err) < 0 && errno == EINTR)
+            ;
+        _exit(err == ENOENT ? 127 : 126);
+    }
+    close(pipefd[1]);
+    if (pid > 0) {
+        /* EOF (exec succeeded, pipe closed on exec) or the child's errno. */
+        do
+            n = read(pipefd[0], &err, sizeof err);
+        while (n < 0 && errno == EINTR);
+        *exec_errno = n == (ssize_t)sizeof err ? err : 0;
+    }
+    close(pipefd[0]);
+    return pid;
+}
+
+static void forward(int sig, const siginfo_t *si, pid_t main_pid, int main_alive)
+{
+    if (main_alive) {
+        kill(main_pid, sig);
+    } else if (getpid() == 1) {
+        kill(-1, sig);          /* every process of our namespace but us */
+    } else if (si->si_pid != getpid()) {
+        /* Not a namespace init (tests, debugging): kill(-1) would hit the host, so
+           settle for our process group; our own copy comes back and is dropped. */
+        kill(0, sig);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *status_file = NULL;
+    sigset_t set, orig;
+    siginfo_t si;
+    int i, status = 0, exec_errno = 0, main_alive;
+    double started = now();
+    pid_t main_pid, p;
+
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) {
+            i++;
+            break;
+        } else if (!strcmp(a, "--status-file") || !strcmp(a, "-s")) {
+            if (++i == argc) {
+                usage(stderr);
+                return 125;
+            }
+            status_file = argv[i];
+        } else if (!strncmp(a, "--status-file=", 14)) {
+            status_file = a + 14;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--version")) {
+            puts("ssi-init " VERSION);
+            return 0;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "ssi-init: unknown option %s\n", a);
+            usage(stderr);
+            return 125;
+        } else {
+            break;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 125;
+    }
+
+    /* Block before the fork so no signal meant for the job can slip past us. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    for (size_t k = 0; k < NFORWARDED; k++)
+        sigaddset(&set, forwarded[k]);
+    sigprocmask(SIG_BLOCK, &set, &orig);
+    if (getpid() != 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
+    main_pid = start_main(argv + i, &orig, &exec_errno);
+    if (main_pid < 0) {
+        fprintf(stderr, "ssi-init: cannot start %s: %s\n", argv[i], strerror(errno));
+        status = 125 << 8;
+        if (status_file)
+            write_status(status_file, status, 0, started);
+        return 125;
+    }
+    main_alive = 1;
+
+    for (;;) {
+        /* Reap everything that has exited; ECHILD means the job is over. */
+        for (;;) {
+            int st;
+            p = waitpid(-1, &st, WNOHANG);
+            if (p > 0) {
+                if (p == main_pid) {
+                    status = st;
+                    main_alive = 0;
+                }
+                continue;
+            }
+            if (p < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        if (p < 0 && errno == ECHILD)
+            break;
+        /* A SIGCHLD that came after the reaping above is still pending: no lost wakeup. */
+        int sig = sigwaitinfo(&set, &si);
+        if (sig > 0 && sig != SIGCHLD)
+            forward(sig, &si, main_pid, main_alive);
+    }
+
+    if (status_file)
+        write_status(status_file, status, exec_errno, started);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
