@@ -155,6 +155,11 @@ def owned_links(prefix: str) -> list[str]:
     return sorted(mine, key=lambda n: (n.endswith("-br"), n))
 
 
+def all_netns() -> list[str]:
+    """Every named network namespace on the host."""
+    return sorted(netns.listnetns())
+
+
 def owned_netns(prefix: str) -> list[str]:
     """Named namespaces a cluster with this prefix made."""
     return sorted(n for n in netns.listnetns() if owns_netns(prefix, n))
