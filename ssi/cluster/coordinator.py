@@ -1,0 +1,283 @@
+"""The coordinator role: authoritative membership, join tokens, drain/resume/evict.
+
+One ssid at a time holds it. Its handlers serve requests that agents forward (with the
+caller's uid) and requests agents make for themselves (join, hello, heartbeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import zmq
+
+from ssi.cluster import tokens
+from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
+from ssi.cluster.membership import Membership
+from ssi.cluster.store import NodeRecord, NodeState, StateStore
+from ssi.config import Config
+from ssi.proto import messages as m
+from ssi.proto.errors import BadRequest, Conflict, Denied, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def z85_key(key: bytes | str) -> str:
+    """Peers' keys arrive raw (32 bytes) or z85 (40 chars); the store keeps z85."""
+    if isinstance(key, str):
+        return key
+    return zmq.utils.z85.encode(key).decode() if len(key) == 32 else key.decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """What a node learns when it joins or says hello."""
+
+    cluster: str
+    coordinator: str
+    coordinator_address: str
+    coordinator_port: int  # the cluster port (joins use the port after it)
+    coordinator_key: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    revision: int
+
+
+class Coordinator:
+    def __init__(
+        self, cfg: Config, store: StateStore, events: NodeEvents, *, self_key: str
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.events = events
+        self.self_key = self_key
+        self.membership = Membership(cfg.cluster.heartbeat_timeout)
+        self.load: dict[str, dict[str, float]] = {}
+        self._keys: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.handlers = self._handlers()
+        assert set(self.handlers) == self.OPS
+
+    # --- life cycle -------------------------------------------------------------------
+
+    @property
+    def cluster(self) -> str:
+        return self.store.meta("cluster") or ""
+
+    def start(self) -> None:
+        now = time.monotonic()
+        # After a restart every member gets a full timeout to be heard again.
+        for rec in self.store.nodes():
+            if rec.state is not NodeState.LOST:
+                self.membership.watch(rec.name, now)
+        self._refresh_keys()
+        self._task = asyncio.get_running_loop().create_task(self._watch_heartbeats())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def key_allowed(self, key: bytes | str) -> bool:
+        return z85_key(key) in self._keys
+
+    def _refresh_keys(self) -> None:
+        self._keys = {r.public_key for r in self.store.nodes()}
+
+    OPS = frozenset({
+        m.NodeJoin.op, m.NodeHello.op, m.Heartbeat.op, m.NodeList.op, m.NodeShow.op,
+        m.NodeToken.op, m.NodeDrain.op, m.NodeResume.op, m.NodeEvict.op, m.ClusterStatus.op,
+    })
+
+    def _handlers(self) -> Mapping[str, Any]:
+        return {
+            m.NodeJoin.op: self.on_join,
+            m.NodeHello.op: self.on_hello,
+            m.Heartbeat.op: self.on_heartbeat,
+            m.NodeList.op: self.on_list,
+            m.NodeShow.op: self.on_show,
+            m.NodeToken.op: self.on_token,
+            m.NodeDrain.op: self.on_drain,
+            m.NodeResume.op: self.on_resume,
+            m.NodeEvict.op: self.on_evict,
+            m.ClusterStatus.op: self.on_status,
+        }
+
+    def welcome(self) -> Welcome:
+        c = self.cfg.cluster
+        me = self._node(self.cfg.node.name)
+        return Welcome(
+            self.cluster, me.name, me.address, me.port, self.self_key,
+            c.heartbeat_interval, c.heartbeat_timeout, self.store.revision(),
+        )
+
+    # --- membership -------------------------------------------------------------------
+
+    def register_self(self, address: str, port: int, resources: dict[str, Any]) -> None:
+        """The coordinator's own node is a member like any other."""
+        rec = self.store.node(self.cfg.node.name)
+        rec = NodeRecord(
+            self.cfg.node.name, self.self_key, address, port,
+            joined_at=rec.joined_at if rec else time.time(), resources=resources,
+        )
+        self.store.put_node(rec)
+        self.membership.watch(rec.name, time.monotonic())
+        self._refresh_keys()
+
+    async def on_join(self, env: m.Envelope, peer: Any) -> Welcome:
+        body = env.body
+        assert isinstance(body, m.NodeJoin)
+        token = tokens.decode(body.token)
+        if token.cluster != self.cluster:
+            raise Denied(f"this token is for cluster {token.cluster!r}, not {self.cluster!r}")
+        key = z85_key(peer.public_key)
+        existing = self.store.node(body.name)
+        if existing is not None and existing.public_key != key:
+            raise Conflict(f"node name {body.name!r} is already in use by another node")
+        verdict = self.store.use_token(token.digest, time.time())
+        if verdict != "ok":
+            raise Denied(f"join token refused: {verdict}")
+        other = self.store.node_by_key(key)
+        if other is not None and other.name != body.name:
+            raise Conflict(f"this node's key already belongs to node {other.name!r}")
+        rec = NodeRecord(body.name, key, body.address, body.port, resources=body.resources)
+        self.store.put_node(rec)
+        self._refresh_keys()
+        self.membership.watch(rec.name, time.monotonic())
+        await self.events.emit(NodeEvent(NodeEventKind.ADDED, rec.name, env.id))
+        return self.welcome()
+
+    def _member(self, peer: Any, name: str | None = None) -> NodeRecord:
+        rec = self.store.node_by_key(z85_key(peer.public_key))
+        if rec is None:
+            raise NotFound("this node is not a member of the cluster (evicted?)")
+        if name is not None and rec.name != name:
+            raise Denied(f"this key belongs to node {rec.name!r}, not {name!r}")
+        return rec
+
+    async def on_hello(self, env: m.Envelope, peer: Any) -> Welcome:
+        body = env.body
+        assert isinstance(body, m.NodeHello)
+        rec = self._member(peer, body.name)
+        returned = rec.state is NodeState.LOST
+        rec = self.store.put_node(
+            NodeRecord(
+                rec.name, rec.public_key, body.address, body.port,
+                NodeState.ONLINE if returned else rec.state,
+                "" if returned else rec.reason, rec.joined_at, time.time(),
+                body.resources,
+            )
+        )
+        self.membership.watch(rec.name, time.monotonic())
+        if returned:
+            await self.events.emit(NodeEvent(NodeEventKind.RETURNED, rec.name, env.id))
+        return self.welcome()
+
+    async def on_heartbeat(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.Heartbeat)
+        rec = self._member(peer, body.name)
+        self.load[rec.name] = dict(body.load)
+        if self.membership.heard(rec.name, time.monotonic()) or rec.state is NodeState.LOST:
+            self.store.put_node(rec.with_state(NodeState.ONLINE))
+            await self.events.emit(NodeEvent(NodeEventKind.RETURNED, rec.name, env.id))
+        return {"revision": self.store.revision()}
+
+    async def _watch_heartbeats(self) -> None:
+        period = min(1.0, self.cfg.cluster.heartbeat_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            for name in self.membership.tick(time.monotonic()):
+                rec = self.store.node(name)
+                if rec is None or name == self.cfg.node.name:
+                    continue
+                why = f"no heartbeat for {self.cfg.cluster.heartbeat_timeout:g}s"
+                self.store.put_node(rec.with_state(NodeState.LOST, why))
+                await self.events.emit(NodeEvent(NodeEventKind.LOST, name, why))
+
+    # --- admin and read verbs -----------------------------------------------------------
+
+    def view(self, rec: NodeRecord) -> dict[str, Any]:
+        out = asdict(rec)
+        heard = self.membership.last_heard.get(rec.name)
+        out["last_heard_ago"] = None if heard is None else time.monotonic() - heard
+        out["load"] = self.load.get(rec.name, {})
+        out["coordinator"] = rec.name == self.cfg.node.name
+        return out
+
+    def _node(self, name: str) -> NodeRecord:
+        rec = self.store.node(name)
+        if rec is None:
+            raise NotFound(f"no node named {name!r} (see `ssi node list`)")
+        return rec
+
+    async def on_list(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
+        return [self.view(r) for r in self.store.nodes()]
+
+    async def on_show(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.NodeShow)
+        return self.view(self._node(body.name))
+
+    async def on_status(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        nodes = self.store.nodes()
+        counts: dict[str, int] = {}
+        for r in nodes:
+            counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        return {
+            "cluster": self.cluster,
+            "coordinator": self.cfg.node.name,
+            "revision": self.store.revision(),
+            "nodes": len(nodes),
+            "states": counts,
+        }
+
+    async def on_token(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.NodeToken)
+        ttl = body.ttl if body.ttl is not None else self.cfg.cluster.token_ttl
+        if not 0 < ttl <= 30 * 86400:
+            raise BadRequest("token lifetime must be between 0 and 30 days")
+        me = self._node(self.cfg.node.name)
+        token = tokens.new_token(self.cluster, me.address, me.port + 1, self.self_key)
+        self.store.add_token(token.digest, time.time() + ttl)
+        return {"token": token.encode(), "expires_in": ttl, "coordinator_key": self.self_key}
+
+    async def on_drain(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.NodeDrain)
+        rec = self._node(body.name)
+        if rec.state is not NodeState.DRAINING:
+            rec = self.store.put_node(rec.with_state(NodeState.DRAINING, body.reason))
+            await self.events.emit(NodeEvent(NodeEventKind.DRAINING, rec.name, env.id))
+        return self.view(rec)
+
+    async def on_resume(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.NodeResume)
+        rec = self._node(body.name)
+        if rec.state is NodeState.LOST:
+            raise Conflict(f"node {rec.name} is lost; it comes back by itself when heard")
+        if rec.state is not NodeState.ONLINE:
+            rec = self.store.put_node(rec.with_state(NodeState.ONLINE))
+            await self.events.emit(NodeEvent(NodeEventKind.RESUMED, rec.name, env.id))
+        return self.view(rec)
+
+    async def on_evict(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.NodeEvict)
+        rec = self._node(body.name)
+        if rec.name == self.cfg.node.name:
+            raise Conflict(f"{rec.name} holds the coordinator role and cannot be evicted")
+        # Jobs arrive with the jobs layer; until then a node has nothing to move away.
+        self.store.put_node(rec.with_state(NodeState.EVICTING, f"evicted ({env.id})"))
+        self.store.delete_node(rec.name)  # revokes its key: it gets nothing through
+        self._refresh_keys()
+        self.membership.forget(rec.name)
+        self.load.pop(rec.name, None)
+        await self.events.emit(NodeEvent(NodeEventKind.EVICTED, rec.name, env.id))
+        return {"evicted": rec.name, "moved": []}

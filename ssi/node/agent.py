@@ -1,0 +1,282 @@
+"""The agent every ssid runs: answers local clients, joins and says hello to the
+coordinator, sends heartbeats, and holds the coordinator role when this node has it."""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import pwd
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import zmq.asyncio
+
+import ssi
+from ssi.cluster import tokens
+from ssi.cluster.coordinator import Coordinator, Welcome, z85_key
+from ssi.cluster.events import NodeEvents
+from ssi.cluster.store import SqliteStore
+from ssi.config import Config
+from ssi.node.membership_file import MembershipFile, Role
+from ssi.proto import messages as m
+from ssi.proto.errors import Conflict, Denied, NotFound, SsiError, Timeout, Unavailable
+from ssi.rpc.keys import KeyPair
+from ssi.rpc.zmq_rpc import RpcClient
+
+log = logging.getLogger(__name__)
+
+ADMIN_OPS = {
+    m.ClusterInit.op, m.ClusterJoin.op, m.NodeToken.op, m.NodeDrain.op, m.NodeResume.op,
+    m.NodeEvict.op,
+}
+FORWARDED_OPS = {
+    m.NodeList.op, m.NodeShow.op, m.NodeToken.op, m.NodeDrain.op, m.NodeResume.op,
+    m.NodeEvict.op,
+}
+
+
+def node_resources() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count() or 1,
+        "memory": psutil.virtual_memory().total,
+        "ssi_version": ssi.__version__,
+    }
+
+
+def node_load() -> dict[str, float]:
+    load1, _, _ = os.getloadavg()
+    return {"load1": load1, "mem_used": psutil.virtual_memory().percent / 100}
+
+
+class Agent:
+    def __init__(
+        self, cfg: Config, keypair: KeyPair, ctx: zmq.asyncio.Context, address: str
+    ) -> None:
+        self.cfg = cfg
+        self.keypair = keypair
+        self.ctx = ctx
+        self.address = address
+        self.state_dir = Path(cfg.node.state_dir)
+        self.events = NodeEvents()
+        self.membership = MembershipFile.load(self.state_dir)
+        self.coordinator: Coordinator | None = None
+        self.coord: RpcClient | None = None
+        self.connected = False  # the coordinator has welcomed us since start
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def name(self) -> str:
+        return self.cfg.node.name
+
+    @property
+    def public_key(self) -> str:
+        return z85_key(self.keypair.public)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.membership is None:
+            log.info("not in a cluster yet: `ssi cluster init` or `ssi node join TOKEN`")
+            return
+        if self.membership.role is Role.COORDINATOR:
+            self._start_coordinator(self.membership.cluster)
+        self._connect(self.membership)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._stay_in_touch()))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.coord:
+            self.coord.close()
+        if self.coordinator:
+            await self.coordinator.close()
+            self.coordinator.store.close()
+
+    def _start_coordinator(self, cluster: str) -> Coordinator:
+        store = SqliteStore(self.state_dir / "cluster.db")
+        if store.meta("cluster") is None:
+            store.set_meta("cluster", cluster)
+        self.coordinator = Coordinator(self.cfg, store, self.events, self_key=self.public_key)
+        self.coordinator.register_self(self.address, self.cfg.node.port, node_resources())
+        self.coordinator.start()
+        return self.coordinator
+
+    def _connect(self, mf: MembershipFile) -> None:
+        endpoint = f"tcp://{mf.coordinator_address}:{mf.coordinator_port}"
+        self.coord = RpcClient(
+            self.ctx, endpoint, mf.coordinator_key.encode(), self.keypair
+        )
+
+    def key_allowed(self, key: bytes | str) -> bool:
+        """Who may reach this node's cluster socket."""
+        if self.coordinator is not None:
+            return self.coordinator.key_allowed(key)
+        return self.membership is not None and z85_key(key) == self.membership.coordinator_key
+
+    # --- talking to the coordinator ---------------------------------------------------
+
+    async def _call(self, body: m.Request, timeout: float | None = None, **kw: Any) -> Any:
+        if self.coord is None:
+            raise Unavailable(
+                f"node {self.name} is not in a cluster: `ssi cluster init NAME` makes one, "
+                "`ssi node join TOKEN` joins one"
+            )
+        try:
+            return await self.coord.call(body, timeout=timeout or 10.0, **kw)
+        except Timeout:
+            assert self.membership is not None
+            raise Unavailable(
+                f"the coordinator ({self.membership.coordinator} at "
+                f"{self.membership.coordinator_address}:{self.membership.coordinator_port}) "
+                "did not answer"
+            ) from None
+
+    async def _stay_in_touch(self) -> None:
+        """Hello until welcomed, then heartbeats; an evicted node forgets its cluster."""
+        interval = self.cfg.cluster.heartbeat_interval
+        seq = 0
+        while True:
+            try:
+                if not self.connected:
+                    hello = m.NodeHello(self.name, self.address, self.cfg.node.port,
+                                        node_resources())
+                    await self._call(hello, timeout=max(2.0, interval * 2))
+                    self.connected = True
+                    log.info("welcomed by the coordinator of %s", self.membership and
+                             self.membership.cluster)
+                else:
+                    seq += 1
+                    hb = m.Heartbeat(self.name, seq, node_load())
+                    await self._call(hb, timeout=max(2.0, interval * 2))
+            except NotFound as e:
+                log.warning("the cluster no longer knows this node (%s): leaving it", e)
+                self._leave()
+                return
+            except SsiError as e:
+                log.warning("coordinator unreachable: %s", e)
+                self.connected = False
+            await asyncio.sleep(interval)
+
+    def _leave(self) -> None:
+        MembershipFile.remove(self.state_dir)
+        self.membership = None
+        self.connected = False
+        if self.coord:
+            self.coord.close()
+            self.coord = None
+
+    # --- local clients ----------------------------------------------------------------
+
+    def local_handlers(self) -> Mapping[str, Any]:
+        handlers: dict[str, Any] = {op: self._forward for op in FORWARDED_OPS}
+        handlers.update({
+            m.Ping.op: self.on_ping,
+            m.ClusterInit.op: self.on_init,
+            m.ClusterJoin.op: self.on_join,
+            m.ClusterStatus.op: self.on_status,
+        })
+        return {op: self._authorized(op, h) for op, h in handlers.items()}
+
+    def _is_admin(self, uid: int, gid: int) -> bool:
+        if uid == 0:
+            return True
+        group = self.cfg.cluster.admin_group
+        if not group:
+            return False
+        try:
+            admin_gid = grp.getgrnam(group).gr_gid
+            user = pwd.getpwuid(uid).pw_name
+            return admin_gid in os.getgrouplist(user, gid)
+        except KeyError:
+            return False
+
+    def _authorized(self, op: str, handler: Any) -> Any:
+        async def guarded(env: m.Envelope, peer: Any) -> Any:
+            if op in ADMIN_OPS and not self._is_admin(peer.uid, peer.gid):
+                group = self.cfg.cluster.admin_group
+                who = "root" + (f" or members of group {group!r}" if group else "")
+                raise Denied(f"{op} is an admin verb: only {who} may use it")
+            return await handler(env, peer)
+
+        return guarded
+
+    async def _forward(self, env: m.Envelope, peer: Any) -> Any:
+        timeout = None
+        if env.deadline is not None:
+            timeout = max(0.1, env.deadline - time.time())
+        return await self._call(env.body, timeout, uid=peer.uid, gid=peer.gid, cause=env.id)
+
+    async def on_ping(self, env: m.Envelope, peer: Any) -> m.Pong:
+        return m.Pong(node=self.name, version=ssi.__version__, time=time.time())
+
+    async def on_status(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        local = {
+            "node": self.name,
+            "address": self.address,
+            "role": self.membership.role.value if self.membership else "none",
+            "connected": self.connected,
+            "key": self.public_key,
+        }
+        if self.membership is None:
+            return {"cluster": None, "this_node": local}
+        status: dict[str, Any] = await self._call(env.body, uid=peer.uid, gid=peer.gid)
+        return {**status, "this_node": local}
+
+    async def on_init(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.ClusterInit)
+        self._refuse_if_member()
+        coordinator = self._start_coordinator(body.name)
+        welcome = coordinator.welcome()
+        self._adopt(welcome, Role.COORDINATOR)
+        log.info("formed cluster %s with this node as coordinator", body.name)
+        return asdict(welcome)
+
+    async def on_join(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.ClusterJoin)
+        self._refuse_if_member()
+        token = tokens.decode(body.token)
+        client = RpcClient(
+            self.ctx, f"tcp://{token.address}:{token.port}", token.key.encode(), self.keypair
+        )
+        try:
+            join = m.NodeJoin(body.token, self.name, self.address, self.cfg.node.port,
+                              node_resources())
+            value = await client.call(join, timeout=10.0, cause=env.id)
+        except Timeout:
+            raise Unavailable(
+                f"the coordinator at {token.address}:{token.port} did not answer: is it "
+                "running and reachable, and is the token from this cluster's coordinator?"
+            ) from None
+        finally:
+            client.close()
+        welcome = msgspec.convert(value, Welcome)
+        self._adopt(welcome, Role.MEMBER)
+        log.info("joined cluster %s", welcome.cluster)
+        return asdict(welcome)
+
+    def _refuse_if_member(self) -> None:
+        if self.membership is not None:
+            raise Conflict(
+                f"node {self.name} is already in cluster {self.membership.cluster!r} "
+                f"(role {self.membership.role})"
+            )
+
+    def _adopt(self, welcome: Welcome, role: Role) -> None:
+        self.membership = MembershipFile(
+            welcome.cluster, role, welcome.coordinator, welcome.coordinator_address,
+            welcome.coordinator_port, welcome.coordinator_key,
+        )
+        self.membership.save(self.state_dir)
+        self._connect(self.membership)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._stay_in_touch()))
