@@ -67,8 +67,9 @@ def _record_path(prefix: str) -> Path:
 
 
 @contextmanager
-def _locked(prefix: str, *, drop: bool = False) -> Iterator[None]:
-    """Hold the prefix's lock; with `drop`, remove the lock file before releasing.
+def _locked(prefix: str) -> Iterator[None]:
+    """Hold the prefix's lock. On release, the lock file goes too when no cluster
+    of that prefix is left (no record), so a torn-down prefix leaves no file.
 
     A waiter may then hold a lock on the unlinked file, so after taking it we check
     that the file we locked is still the one at the path, and retry otherwise.
@@ -91,10 +92,12 @@ def _locked(prefix: str, *, drop: bool = False) -> Iterator[None]:
         os.close(fd)
     try:
         yield
-        if drop:
-            path.unlink(missing_ok=True)
     finally:
-        os.close(fd)
+        try:
+            if not _record_path(prefix).exists():
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def _read_record(prefix: str) -> dict[str, Any] | None:
@@ -154,7 +157,7 @@ def cleanup(prefix: str) -> list[str]:
     Removing nothing is not an error.
     """
     Naming.make(prefix, "10.0.0.0/24")  # validates the prefix before any matching
-    with _locked(prefix, drop=True):
+    with _locked(prefix):
         removed = _cleanup_locked(prefix)
     if removed:
         log.info("local.cleanup: prefix %s: removed %s", prefix, ", ".join(removed))
@@ -298,7 +301,7 @@ class LocalCluster:
     def down(self) -> None:
         """Kill every process in (or under) our namespaces, remove the namespaces,
         links and state. Safe to call more than once, and on a cluster never up."""
-        with _locked(self.prefix, drop=True):
+        with _locked(self.prefix):
             _cleanup_locked(self.prefix)
         self._reap_all()
         self._is_up = False

@@ -115,7 +115,10 @@ def leftovers(prefix: str, ns_ids: Collection[procs.NsId] = ()) -> list[str]:
                 pass
     ours = set(ns_ids) - foreign
     found += [f"process {p}" for p in sorted(procs.victims(ours))]
-    for path in (RUN_DIR / prefix, RUN_DIR / f"{prefix}.json"):
+    for path in [
+        RUN_DIR / prefix,
+        *(RUN_DIR / f"{prefix}.{x}" for x in ("json", "lock")),
+    ]:
         if path.exists():
             found.append(f"state {path}")
     return found
