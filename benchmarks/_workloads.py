@@ -1,0 +1,264 @@
+"""Jobs to checkpoint, shared by the CRIU benchmarks and the system tests.
+
+    start_job(argv) ──kernel_shim.spawn(PID|IPC|UTS)──▶ ssi-init (PID 1) ──▶ argv
+
+A Job is the host PID of its init, which is what CRIU dumps (the whole namespace), and
+the child of ours to reap. Job stdio goes to a file: a pipe to us would block a dump.
+
+Workloads, run as `python -c CODE ARGS`:
+- COUNTER: appends "<pid-inside-ns> <n> <realtime>" to a file every 20 ms, n counting up
+  in memory from 0, so a restore shows as a continuing count (no gap, no repeat) and the
+  same PID; the realtime stamp (time.time) measures the pause across a dump/restore.
+- MEMORY: allocates and writes N bytes, says "ready" in a file, then idles.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+COUNTER = r"""
+import os, sys, time
+n = 0
+with open(sys.argv[1], "a", buffering=1) as out:
+    while True:
+        out.write(f"{os.getpid()} {n} {time.time():.6f}\n")
+        n += 1
+        time.sleep(0.02)
+"""
+
+MEMORY = r"""
+import signal, sys
+block = bytearray(b"\xa5") * int(sys.argv[1])
+with open(sys.argv[2], "w") as f:
+    f.write(f"ready {len(block)}\n")
+while True:
+    signal.pause()
+"""
+
+
+def init_binary() -> Path:
+    """The job init, ssi-init, as installed with the ssi package."""
+    import ssi.jobs
+
+    return Path(ssi.jobs.__file__).parent / "bin" / "ssi-init"
+
+
+def have_spawn() -> bool:
+    try:
+        import kernel_shim
+    except ImportError:
+        return False
+    return hasattr(kernel_shim, "spawn")
+
+
+@dataclass
+class Job:
+    """A job: `pid` is PID 1 of its namespaces (host view); `reap` is our child."""
+
+    pid: int
+    reap: int
+    log: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return False
+        return state not in ("Z", "X")
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the namespace's init (the kernel then kills the whole namespace) and
+        reap our child. Idempotent."""
+        for pid in {self.pid, self.reap}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.reaped(timeout)
+
+    def reaped(self, timeout: float = 10.0) -> int | None:
+        """Wait for our child to end and reap it; its wait status, None if reaped."""
+        if self.popen is not None:
+            try:
+                return self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                msg = f"job {self.pid} still running after {timeout}s"
+                raise TimeoutError(msg) from None
+        return wait_child(self.reap, timeout)
+
+
+def wait_child(pid: int, timeout: float) -> int | None:
+    """Reap child `pid` within `timeout` seconds; None if it was already reaped."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = -1
+    try:
+        if fd >= 0:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                raise TimeoutError(f"process {pid} still running after {timeout}s")
+        _, status = os.waitpid(pid, 0)
+        return status
+    except ChildProcessError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def start_job(
+    argv: Sequence[str], workdir: Path, *, name: str = "job", timeout: float = 10.0
+) -> Job:
+    """Start argv as a job under the init in new PID/IPC/UTS namespaces, stdio to
+    workdir/<name>.out. Falls back to `unshare --pid --ipc --uts --fork setsid` while
+    kernel_shim.spawn is not there."""
+    out = workdir / f"{name}.out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if have_spawn():
+            import kernel_shim
+
+            ns = (
+                kernel_shim.NsType.PID | kernel_shim.NsType.IPC | kernel_shim.NsType.UTS
+            )
+            pid = kernel_shim.spawn(
+                [str(init_binary()), "--", *argv],
+                namespaces=ns,
+                stdin=null,
+                stdout=fd,
+                stderr=fd,
+                cwd=str(workdir),
+                hostname=name,
+            )
+            return Job(pid=pid, reap=pid, log=out)
+        popen = subprocess.Popen(
+            ["unshare", "--pid", "--ipc", "--uts", "--fork", "setsid", *argv],
+            stdin=null,
+            stdout=fd,
+            stderr=fd,
+            cwd=workdir,
+        )
+        root = wait_for(
+            lambda: _first_child(popen.pid), timeout, f"unshare {popen.pid} forks"
+        )
+        return Job(pid=root, reap=popen.pid, log=out, popen=popen)
+    finally:
+        os.close(fd)
+        os.close(null)
+
+
+def _first_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+    except FileNotFoundError:
+        return None
+    return int(kids[0]) if kids else None
+
+
+def wait_for(
+    probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.01
+) -> T:
+    """Poll probe() until it returns something truthy; TimeoutError names `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting until {what}")
+        time.sleep(every)
+
+
+def python_job(code: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", code, *args]
+
+
+# -- the counter ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    pid: int  # PID inside the job's namespace
+    n: int
+    t: float  # realtime, seconds
+
+
+def read_ticks(path: Path) -> list[Tick]:
+    ticks = []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            ticks.append(Tick(int(parts[0]), int(parts[1]), float(parts[2])))
+    return ticks
+
+
+def wait_ticks(path: Path, count: int, timeout: float = 10.0) -> list[Tick]:
+    """Wait until the counter file holds at least `count` ticks."""
+    return wait_for(
+        lambda: t if len(t := read_ticks(path)) >= count else None,
+        timeout,
+        f"{path} holds {count} ticks",
+    )
+
+
+def counter_problems(ticks: Sequence[Tick]) -> list[str]:
+    """What breaks 'n counts 0, 1, 2, … by one, from one PID': empty if nothing."""
+    problems = []
+    for prev, cur in zip(ticks, ticks[1:], strict=False):
+        if cur.n != prev.n + 1:
+            problems.append(f"n jumps {prev.n} -> {cur.n}")
+        if cur.pid != prev.pid:
+            problems.append(f"pid changes {prev.pid} -> {cur.pid} at n={cur.n}")
+    if ticks and ticks[0].n != 0:
+        problems.append(f"starts at n={ticks[0].n}")
+    return problems
+
+
+def longest_pause(ticks: Sequence[Tick]) -> float:
+    """Longest realtime gap between two ticks, seconds."""
+    return max((b.t - a.t for a, b in zip(ticks, ticks[1:], strict=False)), default=0.0)
+
+
+def start_counter(workdir: Path, *, name: str = "counter") -> tuple[Job, Path]:
+    out = workdir / f"{name}.txt"
+    return start_job(python_job(COUNTER, str(out)), workdir, name=name), out
+
+
+# -- the memory holder ------------------------------------------------------------
+
+
+def start_memory_job(workdir: Path, size: int, *, timeout: float = 60.0) -> Job:
+    """A job holding `size` bytes of written memory; returns once it is ready."""
+    ready = workdir / "ready"
+    ready.unlink(missing_ok=True)
+    job = start_job(python_job(MEMORY, str(size), str(ready)), workdir, name="memory")
+    try:
+        wait_for(
+            lambda: ready.exists() and ready.read_text().startswith("ready"),
+            timeout,
+            f"the job holding {size} bytes is ready",
+        )
+    except BaseException:
+        job.kill()
+        raise
+    return job
