@@ -3,21 +3,46 @@
     netns_cluster(size)  ─▶  LocalCluster up, unique prefix and subnet
                              teardown: down() + assert nothing leaked
 
-Fixtures that put an ssid in each node build on `netns_cluster`. Helpers (wait_for,
-unique_prefix, free_subnet, leftovers) live in ssi.local.testing.
+Fixtures that put an ssid in each node build on `netns_cluster`. The helpers
+(wait_for, unique_prefix, free_subnet, leftovers_of, needs_root) are importable from
+here (`from .conftest import ...`); their code lives in ssi.local.testing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import pytest
 
 from ssi.local import LocalCluster
 from ssi.local import procs as local_procs
-from ssi.local.testing import leftovers, make_cluster, namespace_ids
+from ssi.local.testing import (
+    free_subnet,
+    leftovers,
+    make_cluster,
+    namespace_ids,
+    unique_prefix,
+    wait_for,
+)
+
+__all__ = [
+    "free_subnet",
+    "leftovers_of",
+    "needs_root",
+    "netns_cluster",
+    "unique_prefix",
+    "wait_for",
+]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns)")
+
+
+def leftovers_of(prefix: str, ns_ids: Collection[local_procs.NsId] = ()) -> list[str]:
+    """What of the cluster with this prefix is still on the host (namespaces,
+    links, state files, and processes in the namespaces `ns_ids`); [] when clean."""
+    return leftovers(prefix, ns_ids)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Multi-node tests on real network namespaces (see conftest.py)."""
