@@ -23,7 +23,7 @@ import select
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +120,7 @@ def _remove_state_dir(path: Path) -> bool:
     return True
 
 
-def _cleanup_locked(prefix: str) -> list[str]:
+def _cleanup_locked(prefix: str, roots: Collection[int] = ()) -> list[str]:
     removed: list[str] = []
     namespaces = net.owned_netns(prefix)
     ids = set()
@@ -130,7 +130,7 @@ def _cleanup_locked(prefix: str) -> list[str]:
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise
-    removed += [f"process {pid}" for pid in sorted(procs.kill_all(ids))]
+    removed += [f"process {pid}" for pid in sorted(procs.kill_all(ids, roots=roots))]
     for link in net.owned_links(prefix):
         if net.remove_link(link):
             removed.append(f"link {link}")
@@ -193,7 +193,9 @@ class LocalCluster:
         self.state_dir = Path(state_dir) if state_dir is not None else RUN_DIR / prefix
         self.nodes: list[LocalNode] = [self._plan(i) for i in range(1, size + 1)]
         self._next_index = size + 1
-        self._children: set[int] = set()
+        # pid -> node of what we spawned: down/remove_node kill those too, even
+        # if they left the node's namespace (spawned with a new netns, say).
+        self._children: dict[int, str] = {}
         self._is_up = False
 
     # -- building -----------------------------------------------------------------
@@ -302,17 +304,34 @@ class LocalCluster:
         """Kill every process in (or under) our namespaces, remove the namespaces,
         links and state. Safe to call more than once, and on a cluster never up."""
         with _locked(self.prefix):
-            _cleanup_locked(self.prefix)
-        self._reap_all()
+            _cleanup_locked(self.prefix, roots=self._live_children())
+        self._reap(list(self._children))
         self._is_up = False
 
-    def _reap_all(self) -> None:
-        for pid in list(self._children):
+    def _live_children(self, node: str | None = None) -> set[int]:
+        """Spawned processes (of `node`, or all) that are still our unreaped
+        children, so their pids cannot have been recycled."""
+        live = set()
+        for pid, where in list(self._children.items()):
+            if node is not None and where != node:
+                continue
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid  # reaped by someone else
+            if done:
+                del self._children[pid]
+            else:
+                live.add(pid)
+        return live
+
+    def _reap(self, pids: list[int]) -> None:
+        for pid in pids:
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-            self._children.discard(pid)
+            self._children.pop(pid, None)
 
     def __enter__(self) -> LocalCluster:
         return self.up()
@@ -350,7 +369,7 @@ class LocalCluster:
                 self._build_node(node)
             except BaseException:
                 self.nodes.remove(node)
-                self._remove_node_locked(node)
+                self._remove_node_locked(node, set())
                 raise
             finally:
                 self._write_record()
@@ -360,18 +379,20 @@ class LocalCluster:
     def remove_node(self, name: str) -> None:
         """Kill the node's processes and remove its namespace, veth and directory."""
         node = self.node(name)
+        roots = self._live_children(name)
         with _locked(self.prefix):
-            self._remove_node_locked(node)
+            self._remove_node_locked(node, roots)
             self.nodes.remove(node)
             self._write_record()
         log.info("local.remove_node: %s %s", self.prefix, name)
 
-    def _remove_node_locked(self, node: LocalNode) -> None:
+    def _remove_node_locked(self, node: LocalNode, roots: set[int]) -> None:
         try:
             ids = {procs.ns_id(node.netns_path)}
         except FileNotFoundError:
             ids = set()
-        procs.kill_all(ids)
+        procs.kill_all(ids, roots=roots)
+        self._reap(list(roots))
         net.remove_link(self._naming.veth(self._index(node)))
         net.remove_netns(node.netns)
         shutil.rmtree(self.state_dir / node.name, ignore_errors=True)
@@ -392,7 +413,7 @@ class LocalCluster:
 
         n = self.node(node)
         pid: int = kernel_shim.spawn(list(argv), netns=n.netns_path, **kw)
-        self._children.add(pid)
+        self._children[pid] = n.name
         return pid
 
     def wait(self, pid: int, timeout: float | None = None) -> int:
@@ -413,7 +434,7 @@ class LocalCluster:
             finally:
                 os.close(fd)
         _, status = os.waitpid(pid, 0)
-        self._children.discard(pid)
+        self._children.pop(pid, None)
         return os.waitstatus_to_exitcode(status)
 
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:

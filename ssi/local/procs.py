@@ -83,58 +83,75 @@ def with_descendants(roots: set[int]) -> set[int]:
     return out
 
 
-def victims(namespaces: Collection[NsId]) -> set[int]:
-    """Processes to kill so that nothing is left running in or under `namespaces`."""
+def victims(namespaces: Collection[NsId], roots: Collection[int] = ()) -> set[int]:
+    """Processes to kill so that nothing is left running in or under `namespaces`,
+    nor under the live processes `roots` (those we started, wherever they went)."""
     me = os.getpid()
-    return {p for p in with_descendants(pids_in(namespaces)) if p != me}
+    live_roots = {p for p in roots if _parent(p) is not None}
+    return {p for p in with_descendants(pids_in(namespaces) | live_roots) if p != me}
 
 
-def kill_all(namespaces: Collection[NsId], *, timeout: float = 10.0) -> set[int]:
-    """SIGKILL every victim and wait for it to die, until none is left.
+def kill_all(
+    namespaces: Collection[NsId],
+    *,
+    roots: Collection[int] = (),
+    timeout: float = 10.0,
+) -> set[int]:
+    """Kill every victim (see `victims`) and wait for it to die; returns the pids.
 
-    Returns the pids killed. Processes can fork between the scan and the kill, so
-    the scan repeats until it comes back empty. Each victim is signalled through a
-    pidfd opened after it was confirmed as a victim, so a recycled pid is never hit.
-    Those victims that are our own children are reaped. Raises TimeoutError naming
-    the survivors after `timeout` seconds.
+    Each victim is first pinned by a pidfd (so a recycled pid is never hit) and
+    stopped, and the scan repeats until it finds no one new: a stopped process
+    cannot fork, so no child escapes by being reparented while its parent dies.
+    Then all are SIGKILLed at once, and those that are our children are reaped.
+    TimeoutError naming the survivors after `timeout` seconds.
     """
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
     while True:
-        left = victims(namespaces)
-        if not left:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"processes still alive in our namespaces after {timeout}s: "
-                f"{sorted(left)}"
-            )
-        fds: list[int] = []
+        pinned: dict[int, int] = {}
         try:
-            for pid in left:
-                fd = _pidfd_if_still(pid, namespaces, left)
-                if fd is None:
-                    continue
-                fds.append(fd)
+            while True:
+                found = victims(namespaces, roots) - pinned.keys()
+                if not found:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"processes still alive in our namespaces after {timeout}s: "
+                        f"{sorted(found | pinned.keys())}"
+                    )
+                group = found | pinned.keys()
+                for pid in found:
+                    fd = _pin(pid, namespaces, group, roots)
+                    if fd is not None:
+                        pinned[pid] = fd
+                        _signal(fd, signal.SIGSTOP)
+            if not pinned:
+                break
+            for pid, fd in pinned.items():
                 log.debug("local.cleanup: kill pid %s", pid)
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                killed.add(pid)
-            _wait_readable(fds, deadline)
+                _signal(fd, signal.SIGKILL)
+            _wait_readable(list(pinned.values()), deadline)
+            killed |= pinned.keys()
         finally:
-            for fd in fds:
+            for fd in pinned.values():
                 os.close(fd)
     _reap_children(killed)
     return killed
 
 
-def _pidfd_if_still(
-    pid: int, namespaces: Collection[NsId], group: set[int]
+def _signal(pidfd: int, sig: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _pin(
+    pid: int, namespaces: Collection[NsId], group: set[int], roots: Collection[int]
 ) -> int | None:
-    """A pidfd for `pid` if, once pinned, it is still in our namespaces or under
-    one of `group`; None when it has gone (or its pid now names someone else)."""
+    """A pidfd for `pid` if, once pinned, it is still a victim: in our namespaces,
+    one of `roots`, or a child of one of `group`. None when it has gone (or its
+    pid now names someone else)."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -143,7 +160,7 @@ def _pidfd_if_still(
         still = ns_id(f"/proc/{pid}/ns/net") in namespaces
     except OSError:
         still = False
-    if not still and _parent(pid) not in group:
+    if not still and pid not in roots and _parent(pid) not in group:
         os.close(fd)
         return None
     return fd

@@ -19,6 +19,7 @@ import pytest
 from ssi.local import LocalCluster, Naming, SubnetInUse, cleanup
 from ssi.local import net as local_net
 from ssi.local.naming import owns_link, owns_netns
+from ssi.local.procs import with_descendants
 from ssi.local.testing import (
     free_subnet,
     leftovers,
@@ -207,6 +208,30 @@ def test_down_leaves_nothing() -> None:
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()  # killed and reaped
     c.down()  # a second down is harmless
+
+
+@needs_root
+def test_down_kills_what_left_the_namespaces() -> None:
+    """Processes that moved to a network namespace of their own (a job with its own
+    network, say) are still ours: down() kills them too."""
+    c = LocalCluster(2, prefix=unique_prefix(), subnet=free_subnet())
+    try:
+        c.up()
+        own_net = c.spawn("node1", ["unshare", "--net", "sleep", "1000"])
+        n1 = os.stat(c.node("node1").netns_path).st_ino
+        wait_for("unshare to leave node1's netns", lambda: netns_of(own_net) != n1)
+        below = c.spawn("node2", ["sh", "-c", "unshare --net sleep 1000; true"])
+        wait_for(
+            "a sleep in its own netns below node2's shell",
+            lambda: [p for p in with_descendants({below}) if p != below],
+        )
+        moved = [p for p in with_descendants({below}) if p != below]
+        n2 = os.stat(c.node("node2").netns_path).st_ino
+        wait_for("unshare to leave node2's netns", lambda: netns_of(moved[0]) != n2)
+    finally:
+        c.down()
+    for pid in [own_net, below, *moved]:
+        assert not running(pid), f"pid {pid} survived down()"
 
 
 CRASHER = textwrap.dedent(
