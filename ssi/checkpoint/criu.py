@@ -29,6 +29,7 @@ import errno as _errno
 import logging
 import os
 import re
+import select
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ ImagesDir = str | os.PathLike[str] | int  # a path, or an open directory fd (kep
 # Error lines CRIU logs on this machine on every run without failing because of them:
 # no CAP_SYS_RESOURCE, so it cannot raise its own RLIMIT_NOFILE.
 _BENIGN = ("rlimit: Can't setup RLIMIT_NOFILE",)
+_REQUIRED = ("inventory.img", "pstree.img")  # a restore reads nothing without them
 # Closing lines that only repeat that the operation failed.
 _GENERIC = re.compile(r"^(Dumping|Restoring|Pre-dumping) FAILED\.?$")
 _ERROR_LINE = re.compile(r"\bError \(([^)]*)\):\s*(.*\S)")
@@ -333,10 +335,11 @@ class Criu:
         with contextlib.ExitStack() as stack:
             fd = stack.enter_context(_open_dir(images_dir, op))
             path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-            if op == "restore" and not (path / "inventory.img").exists():
+            missing = [i for i in _REQUIRED if not (path / i).exists()]
+            if op == "restore" and missing:
                 raise CriuError(
                     op,
-                    f"{path} holds no CRIU images (no inventory.img)",
+                    f"{path} holds no CRIU images (no {', '.join(missing)})",
                     images_dir=path,
                 )
             req.opts.images_dir_fd = fd
@@ -351,10 +354,12 @@ class Criu:
             resp = self._call(op, req)
             seconds = time.perf_counter() - start
         if not resp.success:
+            if op == "restore" and resp.HasField("restore"):
+                _reap_failed_root(int(resp.restore.pid))
             raise CriuError(
                 op,
                 f"{what} failed",
-                errors=log_errors(log_path),
+                errors=log_errors(log_path) or _last_line(log_path),
                 errno=int(resp.cr_errno) if resp.HasField("cr_errno") else None,
                 crit_message=resp.cr_errmsg if resp.HasField("cr_errmsg") else None,
                 log_path=log_path,
@@ -399,6 +404,37 @@ class _open_dir:
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
             os.close(self.fd)
+
+
+def _reap_failed_root(pid: int, timeout: float = 5.0) -> None:
+    """A failed restore leaves its root, killed, as our zombie child (rst_sibling):
+    reap it, so that a failure leaks nothing. Not our child: nothing to do."""
+    if pid <= 0:
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if int(f.read().rpartition(")")[2].split()[1]) != os.getpid():
+                return
+        select.select([fd], [], [], timeout)
+        os.waitpid(pid, os.WNOHANG)
+    except (OSError, ValueError, IndexError):
+        pass
+    finally:
+        os.close(fd)
+
+
+def _last_line(log_path: Path) -> list[str]:
+    """When CRIU logged no error: its last words, as the best hint there is."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+    return [f"no error logged; last log line: {last}"] if last else []
 
 
 def _stats(path: Path, kind: str) -> dict[str, int]:
