@@ -52,7 +52,13 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 
-R = TypeVar("R")
+if TYPE_CHECKING:
+    # A bare `Request` in an annotation means `Request[Any]` (PEP 696 default).
+    from typing_extensions import TypeVar as _TypeVar
+
+    R = _TypeVar("R", default=Any)
+else:
+    R = TypeVar("R")
 
 _OP_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _registry: dict[str, type[Request[Any]]] = {}
