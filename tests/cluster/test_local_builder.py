@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -28,7 +29,14 @@ from ssi.local.testing import (
     wait_for,
 )
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns)")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def needs_root(test: F) -> F:
+    """Mark a test as needing root (namespaces), and skip it without."""
+    skip = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns)")
+    return pytest.mark.root(skip(test))
+
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 7007
@@ -376,8 +384,10 @@ def test_two_clusters_coexist(netns_cluster: Callable[..., LocalCluster]) -> Non
         assert c.wait(client, timeout=20) == 0
 
     # A third asking for a's subnet is refused, and a is untouched.
+    third = unique_prefix()
     with pytest.raises(SubnetInUse):
-        LocalCluster(1, prefix=unique_prefix(), subnet=a.subnet).up()
+        LocalCluster(1, prefix=third, subnet=a.subnet).up()
+    assert leftovers(third) == []  # a failed up() leaves nothing, lock included
     # Taking b down leaves a as it was.
     ids_b = namespace_ids(b)
     b.down()
