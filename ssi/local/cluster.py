@@ -234,6 +234,7 @@ class LocalCluster:
                     ", ".join(stale),
                 )
             self._check_subnet_free()
+            self._check_state_dir()
             try:
                 self._make_state_dir()
                 self._write_record()
@@ -261,6 +262,12 @@ class LocalCluster:
                 raise SubnetInUse(
                     f"subnet {self.subnet} overlaps {address}/{plen} on {ifname}"
                 )
+
+    def _check_state_dir(self) -> None:
+        d = self.state_dir
+        if d.exists() and not (d / _MARKER).exists() and any(d.iterdir()):
+            # down() removes the state dir: never adopt a directory holding data.
+            raise LocalClusterError(f"state dir {d} is not empty and not ours")
 
     def _make_state_dir(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

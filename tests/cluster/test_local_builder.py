@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ssi.local import LocalCluster, Naming, SubnetInUse, cleanup
+from ssi.local import LocalCluster, LocalClusterError, Naming, SubnetInUse, cleanup
 from ssi.local import net as local_net
 from ssi.local.naming import owns_link, owns_netns
 from ssi.local.procs import with_descendants
@@ -240,6 +240,29 @@ def test_down_kills_what_left_the_namespaces() -> None:
         c.down()
     for pid in [own_net, below, *moved]:
         assert not running(pid), f"pid {pid} survived down()"
+
+
+@needs_root
+def test_custom_state_dir(tmp_path: Path) -> None:
+    mine = tmp_path / "state"
+    c = LocalCluster(2, prefix=unique_prefix(), subnet=free_subnet(), state_dir=mine)
+    with c:
+        assert c.node_dir("node2") == mine / "node2" and c.node_dir("node2").is_dir()
+        assert LocalCluster.attach(c.prefix).state_dir == mine
+    assert not mine.exists()
+    assert leftovers(c.prefix) == []
+
+    # A directory with someone's data in it is never adopted (down would remove it).
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data").write_text("keep me")
+    other = LocalCluster(
+        1, prefix=unique_prefix(), subnet=free_subnet(), state_dir=theirs
+    )
+    with pytest.raises(LocalClusterError):
+        other.up()
+    assert (theirs / "data").read_text() == "keep me"
+    assert leftovers(other.prefix) == []
 
 
 CRASHER = textwrap.dedent(
