@@ -147,6 +147,7 @@ def _cleanup_locked(prefix: str, roots: Collection[int] = ()) -> list[str]:
     if rec is not None:
         _record_path(prefix).unlink(missing_ok=True)
         removed.append(f"record {_record_path(prefix)}")
+    _record_path(prefix).with_suffix(".tmp").unlink(missing_ok=True)
     return removed
 
 
@@ -236,8 +237,9 @@ class LocalCluster:
             self._check_subnet_free()
             self._check_state_dir()
             try:
-                self._make_state_dir()
+                # The record first: it is how a later cleanup finds the state dir.
                 self._write_record()
+                self._make_state_dir()
                 net.make_bridge(self._naming)
                 for node in self.nodes:
                     self._build_node(node)
