@@ -9,6 +9,7 @@ and the multi-node tests.
     net.py      bridge, veth pairs, namespaces (pyroute2)
     procs.py    find / kill the processes living in our namespaces (/proc scan)
     cluster.py  LocalCluster (up, down, add_node, remove_node, spawn, wait), cleanup
+    testing.py  unique_prefix, free_subnet, wait_for, leftovers: for tests and demos
 
 `LocalCluster.spawn` enters the node's network namespace only (kernel_shim), never a
 mount namespace, so what it starts can be checkpointed by CRIU.
