@@ -3,7 +3,8 @@
     start_job(argv) ──kernel_shim.spawn(PID|IPC|UTS)──▶ ssi-init (PID 1) ──▶ argv
 
 A Job is the host PID of its init, which is what CRIU dumps (the whole namespace), and
-the child of ours to reap. Job stdio goes to a file: a pipe to us would block a dump.
+the child of ours to reap. Job stdio goes to a file: a unix socket would block the dump
+(ext_unix_sk), and a pipe to us would come back as a fresh pipe nobody reads.
 
 Workloads, run as `python -c CODE ARGS`:
 - COUNTER: appends "<pid-inside-ns> <n> <realtime>" to a file every 20 ms, n counting up
@@ -17,15 +18,19 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import kernel_shim
+from kernel_shim import NsType
+
 T = TypeVar("T")
+
+JOB_NAMESPACES = NsType.PID | NsType.IPC | NsType.UTS
 
 COUNTER = r"""
 import os, sys, time
@@ -54,14 +59,6 @@ def init_binary() -> Path:
     return Path(ssi.jobs.__file__).parent / "bin" / "ssi-init"
 
 
-def have_spawn() -> bool:
-    try:
-        import kernel_shim
-    except ImportError:
-        return False
-    return hasattr(kernel_shim, "spawn")
-
-
 @dataclass
 class Job:
     """A job: `pid` is PID 1 of its namespaces (host view); `reap` is our child."""
@@ -69,7 +66,6 @@ class Job:
     pid: int
     reap: int
     log: Path | None = None
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
         try:
@@ -91,12 +87,6 @@ class Job:
 
     def reaped(self, timeout: float = 10.0) -> int | None:
         """Wait for our child to end and reap it; its wait status, None if reaped."""
-        if self.popen is not None:
-            try:
-                return self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                msg = f"job {self.pid} still running after {timeout}s"
-                raise TimeoutError(msg) from None
         return wait_child(self.reap, timeout)
 
 
@@ -120,55 +110,26 @@ def wait_child(pid: int, timeout: float) -> int | None:
             os.close(fd)
 
 
-def start_job(
-    argv: Sequence[str], workdir: Path, *, name: str = "job", timeout: float = 10.0
-) -> Job:
-    """Start argv as a job under the init in new PID/IPC/UTS namespaces, stdio to
-    workdir/<name>.out. Falls back to `unshare --pid --ipc --uts --fork setsid` while
-    kernel_shim.spawn is not there."""
+def start_job(argv: Sequence[str], workdir: Path, *, name: str = "job") -> Job:
+    """Start argv as a job under the init in new PID/IPC/UTS namespaces (the init is
+    PID 1, argv PID 2), stdio to workdir/<name>.out; hostname `name`."""
     out = workdir / f"{name}.out"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if have_spawn():
-            import kernel_shim
-
-            ns = (
-                kernel_shim.NsType.PID | kernel_shim.NsType.IPC | kernel_shim.NsType.UTS
-            )
-            pid = kernel_shim.spawn(
-                [str(init_binary()), "--", *argv],
-                namespaces=ns,
-                stdin=null,
-                stdout=fd,
-                stderr=fd,
-                cwd=str(workdir),
-                hostname=name,
-            )
-            return Job(pid=pid, reap=pid, log=out)
-        popen = subprocess.Popen(
-            ["unshare", "--pid", "--ipc", "--uts", "--fork", "setsid", *argv],
+        pid = kernel_shim.spawn(
+            [str(init_binary()), "--", *argv],
+            namespaces=JOB_NAMESPACES,
             stdin=null,
             stdout=fd,
             stderr=fd,
-            cwd=workdir,
+            cwd=str(workdir),
+            hostname=name,
         )
-        root = wait_for(
-            lambda: _first_child(popen.pid), timeout, f"unshare {popen.pid} forks"
-        )
-        return Job(pid=root, reap=popen.pid, log=out, popen=popen)
     finally:
         os.close(fd)
         os.close(null)
-
-
-def _first_child(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = f.read().split()
-    except FileNotFoundError:
-        return None
-    return int(kids[0]) if kids else None
+    return Job(pid=pid, reap=pid, log=out)
 
 
 def wait_for(
