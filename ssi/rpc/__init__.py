@@ -6,7 +6,8 @@
                  (SO_PEERCRED → LocalPeer)                   ▼
                                               handler(env: Envelope, peer) -> value
     zmq_rpc.RpcClient (DEALER) · local.LocalClient (blocking) · local.AsyncLocalClient
-    keys: this node's CURVE key pair on disk; fingerprint() names a key for humans.
+
+keys.py keeps this node's CURVE key pair on disk; fingerprint() names a key for humans.
 """
 
 from ssi.rpc.base import Handler, LocalPeer, Peer, PeerInfo

@@ -269,8 +269,9 @@ class LocalServer:
 
 
 class LocalClient:
-    """A blocking client of the local ssid, for the CLI. One request at a time;
-    the connection is opened on first use and kept.
+    """A blocking client of the local ssid, for the CLI. One request at a time.
+    Each call uses its own connection, unless the client is used as a context
+    manager (`with LocalClient(path) as c:`), which keeps one open until exit.
 
     `call` raises the reply's typed SsiError; `Unavailable` (with what to do) when
     no ssid listens at `path`; `Timeout` after the timeout (the connection is then
@@ -288,6 +289,7 @@ class LocalClient:
         self.timeout = timeout
         self.max_size = max_size
         self._sock: socket.socket | None = None
+        self._keep = False
 
     def _connect(self) -> socket.socket:
         if self._sock is not None:
@@ -322,9 +324,11 @@ class LocalClient:
             self._sock = None
 
     def __enter__(self) -> LocalClient:
+        self._keep = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._keep = False
         self.close()
 
     def call(
@@ -377,6 +381,9 @@ class LocalClient:
         except OSError as e:
             self.close()
             raise Unavailable(f"talking to ssid at {self.path}: {e}") from None
+        finally:
+            if not self._keep:
+                self.close()
 
     def _read_reply(self, sock: socket.socket, deadline: float) -> Reply:
         (size,) = _LEN.unpack(self._read_exact(sock, _LEN.size, deadline))
