@@ -1,7 +1,10 @@
-"""CRIU through its RPC: pycriu in swrk mode (CRIU exec'd as our child per request).
+"""CRIU through its RPC: pycriu on a socketpair to `criu swrk`, one CRIU per request.
 
     Criu(binary).dump(pid, dir) ──socketpair──▶ criu swrk ──▶ images + dump.log in dir
     Criu(binary).restore(dir)   ──socketpair──▶ criu swrk ──▶ restored tree, our child
+
+CRIU is started by kernel_shim.spawn (vfork-like: no os.fork of a threaded daemon, which
+pycriu's use_binary would do), optionally inside another network namespace only.
 
 The dumped tree is a job: PID 1 of its own PID/IPC/UTS namespaces (the job init), so
 CRIU dumps those namespaces with it and restores them fresh, the PIDs inside unchanged.
@@ -30,6 +33,8 @@ import logging
 import os
 import re
 import select
+import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,6 +44,7 @@ from typing import Any
 import pycriu
 from pycriu import rpc_pb2 as rpc
 
+import kernel_shim
 from ssi.checkpoint.errors import CriuError
 
 log = logging.getLogger(__name__)
@@ -158,11 +164,18 @@ def log_errors(log_path: Path) -> list[str]:
 class Criu:
     """One CRIU binary, driven through RPC. Each call runs its own `criu swrk` child."""
 
-    def __init__(self, binary: str) -> None:
+    SWRK_EXIT_TIMEOUT = 30.0  # seconds CRIU may take to exit once it has answered
+
+    def __init__(self, binary: str, *, netns: str | None = None) -> None:
+        """binary: CRIU's path (ssi.config.resolve_criu). netns: a network namespace
+        (path or /run/netns name) for CRIU to run in, entering that one only: a
+        restore lands there; a dump must run in the job's own network namespace."""
         self.binary = binary
+        self.netns = netns
 
     def __repr__(self) -> str:
-        return f"Criu({self.binary!r})"
+        extra = f", netns={self.netns!r}" if self.netns else ""
+        return f"Criu({self.binary!r}{extra})"
 
     # -- queries --------------------------------------------------------------
 
@@ -368,17 +381,68 @@ class Criu:
         return resp, path, log_path, seconds
 
     def _call(self, op: str, req: Any) -> Any:
+        """One request to a fresh `criu swrk` and its answer.
+
+        CRIU is started with kernel_shim.spawn (no os.fork of our threaded heap; in
+        self.netns when set) on one end of a socketpair; pycriu talks on the other.
+        """
         if not os.access(self.binary, os.X_OK):
             raise CriuError(
                 op, f"CRIU binary {self.binary} is missing or not executable"
             )
-        c = pycriu.criu()
-        c.use_binary(self.binary)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            # pycriu's one request/response exchange; its public methods drop cr_errmsg.
-            return c._send_req_and_recv_resp(req)
-        except pycriu.CRIUException as e:
-            raise CriuError(op, f"no answer from {self.binary} swrk: {e}") from None
+            try:
+                swrk = kernel_shim.spawn(
+                    [self.binary, "swrk", str(theirs.fileno())],
+                    netns=self.netns,
+                    stdin=null,
+                    stdout=null,
+                    stderr=null,
+                    pass_fds=(theirs.fileno(),),
+                    new_session=False,
+                )
+            except OSError as e:
+                raise CriuError(op, f"cannot start {self.binary} swrk: {e}") from None
+        finally:
+            theirs.close()
+            os.close(null)
+        try:
+            c = pycriu.criu()
+            c.use_fd(ours.fileno())
+            try:
+                # pycriu's request/response exchange; its public methods drop
+                # cr_errmsg and the restore pid of a failure.
+                return c._send_req_and_recv_resp(req)
+            except pycriu.CRIUException as e:
+                ours.close()
+                status = _reap(swrk, self.SWRK_EXIT_TIMEOUT)
+                raise CriuError(
+                    op, f"no answer from {self.binary} swrk ({status}): {e}"
+                ) from None
+        finally:
+            ours.close()  # swrk exits when its socket closes
+            _reap(swrk, self.SWRK_EXIT_TIMEOUT)
+
+
+def _reap(pid: int, timeout: float) -> str:
+    """Reap our child `pid`, SIGKILLing it after `timeout` s; how it ended, in words."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = -1
+    try:
+        if fd >= 0 and not select.select([fd], [], [], timeout)[0]:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "already reaped"
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 class _open_dir:

@@ -205,6 +205,13 @@ def test_missing_binary(tmp_path: Path) -> None:
         Criu(str(tmp_path / "no-criu")).version()
 
 
+def test_binary_that_is_not_criu(tmp_path: Path) -> None:
+    with pytest.raises(
+        CriuError, match=r"no answer from /bin/true swrk \(exit status 0"
+    ):
+        Criu("/bin/true").version()
+
+
 def test_log_errors_skips_noise(tmp_path: Path) -> None:
     log = tmp_path / "dump.log"
     log.write_text(

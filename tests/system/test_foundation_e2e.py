@@ -30,12 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for benchmarks/
 from benchmarks._workloads import (  # noqa: E402
     COUNTER,
     Job,
+    Tick,
     counter_problems,
     init_binary,
     longest_pause,
     read_ticks,
     wait_ticks,
 )
+from ssi import config  # noqa: E402
+from ssi.checkpoint import Criu  # noqa: E402
 from ssi.local import LocalCluster  # noqa: E402
 from ssi.local.testing import leftovers, make_cluster, namespace_ids  # noqa: E402
 
@@ -92,45 +95,68 @@ def criu_helper(
     return result
 
 
-def test_job_continues_in_another_network_namespace(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
-    node1, node2 = cluster.nodes
-    counter = tmp_path / "counter.txt"
-    log = os.open(tmp_path / "job.out", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def start_counter_on(
+    cluster: LocalCluster, node: str, workdir: Path
+) -> tuple[Job, Path]:
+    """The counter job under ssi-init, in new PID/IPC/UTS namespaces, on `node`."""
+    counter = workdir / "counter.txt"
+    log = os.open(workdir / "job.out", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         init_pid = cluster.spawn(
-            node1.name,
+            node,
             [str(init_binary()), "--", sys.executable, "-c", COUNTER, str(counter)],
             namespaces=JOB_NS,
             hostname="e2e-job",
             stdin=null,
             stdout=log,
             stderr=log,
-            cwd=str(tmp_path),
+            cwd=str(workdir),
         )
     finally:
         os.close(log)
         os.close(null)
-    job = Job(pid=init_pid, reap=init_pid)
+    return Job(pid=init_pid, reap=init_pid), counter
+
+
+def check_moved(
+    job: Job, counter: Path, before: list[Tick], netns_path: str
+) -> list[Tick]:
+    """The restored job is our child, in `netns_path`, and counts on from `before`."""
+    assert job.alive()
+    assert parent_of(job.pid) == os.getpid(), "the job came to us"
+    (main,) = ns_children(job.pid)
+    for pid in (job.pid, main):
+        assert ino(f"/proc/{pid}/ns/net") == ino(netns_path)
+    ticks = wait_ticks(counter, len(before) + 25)
+    assert counter_problems(ticks) == []  # no gap, no repeat, same PID inside
+    assert ticks[-1].pid == before[-1].pid == 2
+    return ticks
+
+
+def test_job_continues_in_another_network_namespace(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """As ssid will do it: a CRIU helper process in each node's netns."""
+    node1, node2 = cluster.nodes
+    job, counter = start_counter_on(cluster, node1.name, tmp_path)
     restored: Job | None = None
     try:
         wait_ticks(counter, 10)
-        (main,) = ns_children(init_pid)  # the counter, PID 2 under the init
+        (main,) = ns_children(job.pid)  # the counter, PID 2 under the init
         assert ino(f"/proc/{main}/ns/net") == ino(node1.netns_path)
-        assert ino(f"/proc/{init_pid}/ns/pid") != ino("/proc/self/ns/pid")
+        assert ino(f"/proc/{job.pid}/ns/pid") != ino("/proc/self/ns/pid")
         images = tmp_path / "images"
         images.mkdir()
 
         dumped = criu_helper(
             cluster,
             node1.name,
-            ["dump", "--pid", str(init_pid), "--images", str(images)],
+            ["dump", "--pid", str(job.pid), "--images", str(images)],
             tmp_path,
         )
 
-        assert cluster.wait(init_pid, timeout=10) != 0  # the dump killed the job
+        assert cluster.wait(job.pid, timeout=10) != 0  # the dump killed the job
         before = read_ticks(counter)
 
         back = criu_helper(
@@ -138,21 +164,41 @@ def test_job_continues_in_another_network_namespace(
         )
 
         restored = Job(pid=back["pid"], reap=back["pid"])
-        assert restored.alive()
-        assert parent_of(restored.pid) == os.getpid(), "the job came to us"
-        (main2,) = ns_children(restored.pid)
-        for pid in (restored.pid, main2):
-            assert ino(f"/proc/{pid}/ns/net") == ino(node2.netns_path)
-        ticks = wait_ticks(counter, len(before) + 25)
-        assert counter_problems(ticks) == []  # no gap, no repeat, same PID inside
-        assert ticks[-1].pid == before[-1].pid == 2
-        pause = longest_pause(ticks)
+        ticks = check_moved(restored, counter, before, node2.netns_path)
         print(
-            f"dump {dumped['seconds'] * 1e3:.0f} ms, restore "
+            f"helpers: dump {dumped['seconds'] * 1e3:.0f} ms, restore "
             f"{back['seconds'] * 1e3:.0f} ms, "
-            f"counter's longest pause {pause * 1e3:.0f} ms"
+            f"counter's longest pause {longest_pause(ticks) * 1e3:.0f} ms"
         )
-        assert restored.alive()
+    finally:
+        if restored is not None:
+            restored.kill()
+        job.kill()
+
+
+def test_criu_runs_in_the_node_netns(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Criu(netns=...): CRIU itself enters the node's netns, no helper process."""
+    node1, node2 = cluster.nodes
+    binary = config.resolve_criu(config.load())
+    job, counter = start_counter_on(cluster, node1.name, tmp_path)
+    restored: Job | None = None
+    try:
+        wait_ticks(counter, 10)
+        images = tmp_path / "images"
+        images.mkdir()
+
+        dumped = Criu(binary, netns=node1.netns_path).dump(job.pid, images)
+        job.reaped()
+        before = read_ticks(counter)
+        back = Criu(binary, netns=node2.netns_path).restore(images)
+
+        restored = Job(pid=back.pid, reap=back.pid)
+        ticks = check_moved(restored, counter, before, node2.netns_path)
+        print(
+            f"in-netns CRIU: dump {dumped.seconds * 1e3:.0f} ms, restore "
+            f"{back.seconds * 1e3:.0f} ms, "
+            f"counter's longest pause {longest_pause(ticks) * 1e3:.0f} ms"
+        )
     finally:
         if restored is not None:
             restored.kill()
