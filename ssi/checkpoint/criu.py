@@ -9,16 +9,20 @@ pycriu's use_binary would do), optionally inside another network namespace only.
 The dumped tree is a job: PID 1 of its own PID/IPC/UTS namespaces (the job init), so
 CRIU dumps those namespaces with it and restores them fresh, the PIDs inside unchanged.
 
-Choices made for such jobs (see DumpOptions and RestoreOptions for the knobs):
-- shell_job off: the job is a session leader in a session of its own, no terminal.
-- file_locks on: a job holding a lock (sqlite, flock) is otherwise refused by CRIU; on
-  restore it holds the lock again.
-- ext_unix_sk off: job stdio is files or /dev/null, never a socket to the outside.
-- cgroups in CRIU's default "soft" mode: a job in a cgroup of its own (not CRIU's) is
-  restored into that cgroup, created when missing.
-- restore as a sibling of CRIU (rst_sibling), i.e. as a direct child of the caller: it
-  is then reaped by the caller, and a job init with a parent-death signal keeps it (CRIU
-  warns that a detached root would receive it as soon as CRIU exits).
+Choices made for such jobs, each tried on this machine (DumpOptions, RestoreOptions):
+- shell_job off: the init is the leader of a session of its own (spawn's new_session);
+  otherwise CRIU refuses: "A session leader of N(1) is outside of its pid namespace".
+- file_locks on: a job holding a lock (flock, sqlite) is otherwise refused ("Some file
+  locks are hold by dumping tasks!"); restored, it holds the lock again.
+- ext_unix_sk off: job stdio is files or /dev/null. A unix socket to the outside (say a
+  journald stdout) blocks the dump: "unix: External socket is used".
+- cgroups in CRIU's default "soft" mode: a job in cgroups of its own is restored into
+  them, recreated with their limits when missing (v1 memory and v2 both); IGNORE would
+  put it in CRIU's. All processes of a job must share one cgroup set, or the restore
+  fails with "cg: No set N found".
+- restore as a sibling of CRIU (rst_sibling): the root becomes the caller's child, which
+  reaps it; a root with a parent-death signal keeps it (detached under CRIU, it would
+  get it as soon as CRIU exits). A failed restore's root is reaped here.
 
 Every failure is a CriuError that names what blocked the operation, taken from the
 "Error (...)" lines of CRIU's log, and the log's path.
@@ -374,7 +378,7 @@ class Criu:
                 f"{what} failed",
                 errors=log_errors(log_path) or _last_line(log_path),
                 errno=int(resp.cr_errno) if resp.HasField("cr_errno") else None,
-                crit_message=resp.cr_errmsg if resp.HasField("cr_errmsg") else None,
+                errmsg=resp.cr_errmsg if resp.HasField("cr_errmsg") else None,
                 log_path=log_path,
                 images_dir=path,
             )

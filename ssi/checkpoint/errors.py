@@ -30,7 +30,7 @@ class CriuError(SsiError):
         *,
         errors: Sequence[str] = (),
         errno: int | None = None,
-        crit_message: str | None = None,
+        errmsg: str | None = None,
         log_path: Path | None = None,
         images_dir: Path | None = None,
     ) -> None:
@@ -38,7 +38,7 @@ class CriuError(SsiError):
         self.summary = message
         self.errors = tuple(errors)  # distinct CRIU log errors, first (the cause) first
         self.errno = errno  # CRIU's cr_errno, when it gave one
-        self.crit_message = crit_message  # CRIU's cr_errmsg, when it gave one
+        self.errmsg = errmsg  # CRIU's cr_errmsg, when it gave one
         self.log_path = log_path
         self.images_dir = images_dir
         super().__init__(
@@ -62,8 +62,8 @@ class CriuError(SsiError):
         detail = list(self.errors[:3])
         if len(self.errors) > 3:
             detail.append(f"… {len(self.errors) - 3} more")
-        if not detail and self.crit_message:
-            detail.append(self.crit_message)
+        if not detail and self.errmsg:
+            detail.append(self.errmsg)
         if not detail and self.errno:
             detail.append(f"errno {self.errno} ({os.strerror(self.errno)})")
         if detail:
