@@ -77,11 +77,15 @@ def spawn(
     - uid, gid, groups: applied as setgroups, setgid, setuid. When uid or gid is given
       and groups is None, the supplementary groups are cleared, so root's do not leak.
     - env: the whole environment (None: ours, os.environ); its PATH (else os.defpath)
-      drives the lookup of a program name without a slash.
+      drives the lookup of a program name without a slash. A relative program path
+      is resolved after the chdir to `cwd`.
     - stdin, stdout, stderr: fds to dup2 onto 0, 1, 2; None inherits ours.
     - pass_fds: extra fds kept open (made inheritable in the child); all others close.
     - pdeathsig: signal on the death of the calling *thread* (not process): call spawn
       from a long-lived thread (the event loop's), not from a pool worker.
+
+    The calling thread waits (GIL released) until the child has exec'd: a child
+    stuck in chdir on a dead NFS mount blocks it too.
 
     Errors in the child come back as OSError(errno, "spawn: chdir(/x): No such file or
     directory") and the failed child is reaped; bad arguments raise ValueError.
@@ -98,6 +102,8 @@ def spawn(
     stdio = [-1 if fd is None else fd for fd in (stdin, stdout, stderr)]
     if any(fd < -1 for fd in stdio) or any(fd < 0 for fd in pass_fds):
         raise ValueError("spawn: negative file descriptor")
+    if any(i is not None and i < 0 for i in (uid, gid, *(groups or ()))):
+        raise ValueError("spawn: negative uid, gid or group")
 
     alive: list[Any] = []  # cdata the request points to, kept alive until the call ends
 

@@ -382,6 +382,27 @@ def test_init_without_a_pid_namespace_waits_for_daemons(jobs: Jobs) -> None:
     assert time.monotonic() - started >= 0.25
 
 
+def test_pdeathsig_sigterm_ends_a_job_gracefully(jobs: Jobs) -> None:
+    # As a namespace's init, ssi-init only gets signals it blocks or handles: once it
+    # has blocked SIGTERM (right after exec), the parent-death SIGTERM is forwarded.
+    # Before that instant the kernel would drop it: use SIGKILL where that matters.
+    started: list[Job] = []
+    running = threading.Event()
+
+    def spawner() -> None:
+        started.append(jobs.start("sleep", "60", pdeathsig=signal.SIGTERM))
+        running.wait(10)
+
+    t = threading.Thread(target=spawner)
+    t.start()
+    wait_for(lambda: started, "the job to start")
+    job = started[0]
+    wait_for(lambda: [p.comm for p in job.others()] == ["sleep"], "sleep to run")
+    running.set()
+    t.join()
+    assert job.wait() == 128 + signal.SIGTERM
+
+
 def test_init_rss_is_under_2_mib(jobs: Jobs) -> None:
     with pipe() as (in_r, in_w):
         job = jobs.start("sh", "-c", "read x || :", stdin=in_r)

@@ -7,6 +7,7 @@ import errno
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +177,7 @@ def test_spawn_failures_leave_no_zombie() -> None:
         {"hostname": "x"},  # without a UTS namespace: would rename the host
         {"netns": "x", "namespaces": NsType.NET},
         {"stdout": -5},
+        {"uid": -2},
     ],
 )
 def test_spawn_refuses_bad_arguments(kwargs: dict[str, object]) -> None:
@@ -316,6 +318,22 @@ def test_pdeathsig_round_trip_and_bad_signal() -> None:
         assert "prctl(PR_SET_PDEATHSIG, 1000)" in str(err.value)
     finally:
         kernel_shim.set_pdeathsig(before)
+
+
+def test_spawn_from_many_threads_at_once() -> None:
+    def worker(codes: list[int], n: int) -> None:
+        for i in range(10):
+            codes.append(wait_exit(kernel_shim.spawn(["sh", "-c", f"exit {n + i}"])))
+
+    results: list[list[int]] = [[] for _ in range(4)]
+    threads = [
+        threading.Thread(target=worker, args=(results[t], t * 10)) for t in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [list(range(t * 10, t * 10 + 10)) for t in range(4)]
 
 
 def test_spawn_is_quick() -> None:
