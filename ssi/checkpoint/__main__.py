@@ -7,7 +7,8 @@
 Meant to run in a child that entered another namespace only (kernel_shim.spawn with
 netns=...), so that a restore lands in that network namespace while its caller stays
 where it is. The restored tree is this process's child; when this process exits it goes
-to the nearest child subreaper above (the caller, which must be one).
+to the nearest child subreaper above (the caller, which must be one), and a job init
+with a parent-death signal receives it: restore such jobs with Criu(netns=...) instead.
 
 Prints one JSON object on stdout: the result, or {"error": ..., "errors": [...],
 "log_path": ...} with exit status 1 on a CriuError.

@@ -301,9 +301,13 @@ class Criu:
     ) -> RestoreResult:
         """Restore the tree dumped in images_dir, detached, as a child of the caller.
 
-        It lands in the caller's network and mount namespaces. The caller must reap it,
-        and should be a child subreaper (kernel_shim.set_child_subreaper()) so that
-        anything of the tree that outlives its root is reaped too.
+        It lands in CRIU's network namespace (self.netns, else the caller's). The
+        caller must reap it, and should be a child subreaper
+        (kernel_shim.set_child_subreaper()) so that anything of the tree that
+        outlives its root is reaped too. Its parent is the calling *thread*: a job
+        whose init has a parent-death signal (spawn's pdeathsig) gets it when that
+        thread ends, so call this from a long-lived thread, never from a pool
+        worker or a helper process that exits (tried: the job dies).
         """
         o = options or RestoreOptions()
         req = rpc.criu_req()
