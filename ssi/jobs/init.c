@@ -134,8 +134,33 @@ static pid_t start_main(char **cmd, const sigset_t *orig_mask, int *exec_errno)
     return pid;
 }
 
-static void forward(int sig, const siginfo_t *si, pid_t main_pid, int main_alive)
+static pid_t main_pid;
+static int main_alive, main_status;
+
+/* Reap everything that has exited; returns 0 once no child is left (the job is over). */
+static int reap(void)
 {
+    for (;;) {
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG);
+        if (p > 0) {
+            if (p == main_pid) {
+                main_status = st;
+                main_alive = 0;
+            }
+            continue;
+        }
+        if (p < 0 && errno == EINTR)
+            continue;
+        return !(p < 0 && errno == ECHILD);
+    }
+}
+
+static void forward(int sig, const siginfo_t *si)
+{
+    /* SIGCHLD may be queued behind this signal: a main that just died must not take
+       the signal with it to the grave while daemons live on. */
+    reap();
     if (main_alive) {
         kill(main_pid, sig);
     } else if (getpid() == 1) {
@@ -152,9 +177,8 @@ int main(int argc, char **argv)
     const char *status_file = NULL;
     sigset_t set, orig;
     siginfo_t si;
-    int i, status = 0, exec_errno = 0, main_alive;
+    int i, exec_errno = 0;
     double started = now();
-    pid_t main_pid, p;
 
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -200,40 +224,22 @@ int main(int argc, char **argv)
     main_pid = start_main(argv + i, &orig, &exec_errno);
     if (main_pid < 0) {
         fprintf(stderr, "ssi-init: cannot start %s: %s\n", argv[i], strerror(errno));
-        status = 125 << 8;
         if (status_file)
-            write_status(status_file, status, 0, started);
+            write_status(status_file, 125 << 8, 0, started);
         return 125;
     }
     main_alive = 1;
 
-    for (;;) {
-        /* Reap everything that has exited; ECHILD means the job is over. */
-        for (;;) {
-            int st;
-            p = waitpid(-1, &st, WNOHANG);
-            if (p > 0) {
-                if (p == main_pid) {
-                    status = st;
-                    main_alive = 0;
-                }
-                continue;
-            }
-            if (p < 0 && errno == EINTR)
-                continue;
-            break;
-        }
-        if (p < 0 && errno == ECHILD)
-            break;
-        /* A SIGCHLD that came after the reaping above is still pending: no lost wakeup. */
+    /* A SIGCHLD that comes after reap() stays pending: no lost wakeup. */
+    while (reap()) {
         int sig = sigwaitinfo(&set, &si);
         if (sig > 0 && sig != SIGCHLD)
-            forward(sig, &si, main_pid, main_alive);
+            forward(sig, &si);
     }
 
     if (status_file)
-        write_status(status_file, status, exec_errno, started);
-    if (WIFSIGNALED(status))
-        return 128 + WTERMSIG(status);
-    return WEXITSTATUS(status);
+        write_status(status_file, main_status, exec_errno, started);
+    if (WIFSIGNALED(main_status))
+        return 128 + WTERMSIG(main_status);
+    return WEXITSTATUS(main_status);
 }

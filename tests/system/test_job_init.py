@@ -305,7 +305,11 @@ def test_init_reports_a_signaled_main(jobs: Jobs, sig: signal.Signals) -> None:
 
 
 def test_init_reports_a_program_that_cannot_start(jobs: Jobs) -> None:
-    job = jobs.start("/nonexistent/program", stderr=os.open(os.devnull, os.O_WRONLY))
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        job = jobs.start("/nonexistent/program", stderr=null)
+    finally:
+        os.close(null)
     assert job.wait() == 127
     assert job.status()["exited"] == 127
     assert job.status()["exec_errno"] == 2
@@ -412,3 +416,19 @@ def test_init_rss_is_under_2_mib(jobs: Jobs) -> None:
         assert rss_kb < 2048, f"ssi-init VmRSS {rss_kb} kB"
         os.close(in_w)
         assert job.wait() == 0
+
+
+def test_init_cli_forms(tmp_path: Path, init_bin: Path) -> None:
+    status = tmp_path / "s.json"
+    for args in (["-s", str(status)], [f"--status-file={status}"]):
+        pid = kernel_shim.spawn([str(init_bin), *args, "sh", "-c", "exit 4"])
+        assert wait_exit(pid) == 4
+        assert json.loads(status.read_text())["exited"] == 4
+        status.unlink()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for bad in (["--bogus", "true"], ["--status-file"], []):
+            pid = kernel_shim.spawn([str(init_bin), *bad], stdout=null, stderr=null)
+            assert wait_exit(pid) == 125
+    finally:
+        os.close(null)
