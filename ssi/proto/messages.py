@@ -56,9 +56,9 @@ if TYPE_CHECKING:
     # A bare `Request` in an annotation means `Request[Any]` (PEP 696 default).
     from typing_extensions import TypeVar as _TypeVar
 
-    R = _TypeVar("R", default=Any)
+    R = _TypeVar("R", covariant=True, default=Any)
 else:
-    R = TypeVar("R")
+    R = TypeVar("R", covariant=True)
 
 _OP_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _registry: dict[str, type[Request[Any]]] = {}

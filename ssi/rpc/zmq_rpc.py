@@ -89,7 +89,7 @@ class ZapAuthenticator:
     @classmethod
     def acquire(cls, ctx: zmq.asyncio.Context) -> ZapAuthenticator:
         zap = cls._by_context.get(id(ctx))
-        if zap is None:
+        if zap is None or zap._ctx is not ctx:  # none yet, or a dead context's id
             zap = cls(ctx)
             zap._open()
             cls._by_context[id(ctx)] = zap
@@ -443,12 +443,14 @@ class RpcClient:
         self,
         ctx: zmq.asyncio.Context,
         endpoint: str,
-        server_public: bytes,
+        server_public: bytes | str,
         keypair: KeyPair,
         *,
         max_size: int = DEFAULT_MAX_SIZE,
         sender: str = "",
     ) -> None:
+        if isinstance(server_public, str):
+            server_public = server_public.encode()
         self.endpoint = endpoint
         self.max_size = max_size
         self.sender = sender

@@ -215,6 +215,19 @@ def test_refused_client_does_not_hang_context_term() -> None:
     assert not t.is_alive(), "zmq context term hangs: a socket lingers"
 
 
+def test_endpoint_in_use_is_a_clear_error_and_releases_zap() -> None:
+    async def main() -> None:
+        good = keypair()
+        async with zmq_server({good.public}) as (server, client, ctx, skp):
+            taken = RpcServer(ctx, server.endpoint, skp, HANDLERS, allowed_keys=bool)
+            with pytest.raises(OSError, match="cannot listen on"):
+                await taken.start()
+            # The failed start left the context's ZAP handler to the first server.
+            assert isinstance(await client(good).call(m.Ping(), timeout=2), m.Pong)
+
+    run(main())
+
+
 def test_allowed_set_changed_at_run_time() -> None:
     async def main() -> None:
         member, newcomer = keypair(), keypair()
