@@ -73,15 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"ssi {__version__}")
-    p.add_argument("--socket", type=Path, default=os.environ.get("SSI_SOCKET"),
-                   help="ssid's local socket (default: /run/ssi/ssid.sock, else the "
-                   "local cluster's node1); also $SSI_SOCKET")
-    p.add_argument("--on", metavar="NODE", help="talk to NODE's ssid in a local cluster")
-    p.add_argument("--local-prefix", default=os.environ.get("SSI_LOCAL_PREFIX", "ssi"),
-                   help="which local cluster --on and `cluster up/down` mean (default ssi)")
+    p.add_argument(
+        "--socket",
+        type=Path,
+        default=os.environ.get("SSI_SOCKET"),
+        help="ssid's local socket (default: /run/ssi/ssid.sock, else the "
+        "local cluster's node1); also $SSI_SOCKET",
+    )
+    p.add_argument(
+        "--on", metavar="NODE", help="talk to NODE's ssid in a local cluster"
+    )
+    p.add_argument(
+        "--local-prefix",
+        default=os.environ.get("SSI_LOCAL_PREFIX", "ssi"),
+        help="which local cluster --on and `cluster up/down` mean (default ssi)",
+    )
     p.add_argument("--config", type=Path, help="configuration file (/etc/ssi/ssi.toml)")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for an answer (default 30)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for an answer (default 30)",
+    )
     groups = p.add_subparsers(dest="group", metavar="GROUP", required=True)
     cluster_cmds.register(groups)
     node_cmds.register(groups)

@@ -23,7 +23,9 @@ def emit_json(kind: str, data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def table(
+    title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
     t = Table(title=title, box=None, header_style="bold", pad_edge=False)
     for c in columns:
         t.add_column(c)
@@ -52,7 +54,12 @@ def when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-STATE_STYLE = {"online": "green", "draining": "yellow", "lost": "red", "evicting": "magenta"}
+STATE_STYLE = {
+    "online": "green",
+    "draining": "yellow",
+    "lost": "red",
+    "evicting": "magenta",
+}
 
 
 def state(s: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import zmq
+import zmq.utils.z85
 
 from ssi.cluster import tokens
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
@@ -88,10 +88,20 @@ class Coordinator:
     def _refresh_keys(self) -> None:
         self._keys = {r.public_key for r in self.store.nodes()}
 
-    OPS = frozenset({
-        m.NodeJoin.op, m.NodeHello.op, m.Heartbeat.op, m.NodeList.op, m.NodeShow.op,
-        m.NodeToken.op, m.NodeDrain.op, m.NodeResume.op, m.NodeEvict.op, m.ClusterStatus.op,
-    })
+    OPS = frozenset(
+        {
+            m.NodeJoin.op,
+            m.NodeHello.op,
+            m.Heartbeat.op,
+            m.NodeList.op,
+            m.NodeShow.op,
+            m.NodeToken.op,
+            m.NodeDrain.op,
+            m.NodeResume.op,
+            m.NodeEvict.op,
+            m.ClusterStatus.op,
+        }
+    )
 
     def _handlers(self) -> Mapping[str, Any]:
         return {
@@ -111,8 +121,14 @@ class Coordinator:
         c = self.cfg.cluster
         me = self._node(self.cfg.node.name)
         return Welcome(
-            self.cluster, me.name, me.address, me.port, self.self_key,
-            c.heartbeat_interval, c.heartbeat_timeout, self.store.revision(),
+            self.cluster,
+            me.name,
+            me.address,
+            me.port,
+            self.self_key,
+            c.heartbeat_interval,
+            c.heartbeat_timeout,
+            self.store.revision(),
         )
 
     # --- membership -------------------------------------------------------------------
@@ -121,8 +137,12 @@ class Coordinator:
         """The coordinator's own node is a member like any other."""
         rec = self.store.node(self.cfg.node.name)
         rec = NodeRecord(
-            self.cfg.node.name, self.self_key, address, port,
-            joined_at=rec.joined_at if rec else time.time(), resources=resources,
+            self.cfg.node.name,
+            self.self_key,
+            address,
+            port,
+            joined_at=rec.joined_at if rec else time.time(),
+            resources=resources,
         )
         self.store.put_node(rec)
         self.membership.watch(rec.name, time.monotonic())
@@ -133,7 +153,9 @@ class Coordinator:
         assert isinstance(body, m.NodeJoin)
         token = tokens.decode(body.token)
         if token.cluster != self.cluster:
-            raise Denied(f"this token is for cluster {token.cluster!r}, not {self.cluster!r}")
+            raise Denied(
+                f"this token is for cluster {token.cluster!r}, not {self.cluster!r}"
+            )
         key = z85_key(peer.public_key)
         existing = self.store.node(body.name)
         if existing is not None and existing.public_key != key:
@@ -144,7 +166,9 @@ class Coordinator:
         other = self.store.node_by_key(key)
         if other is not None and other.name != body.name:
             raise Conflict(f"this node's key already belongs to node {other.name!r}")
-        rec = NodeRecord(body.name, key, body.address, body.port, resources=body.resources)
+        rec = NodeRecord(
+            body.name, key, body.address, body.port, resources=body.resources
+        )
         self.store.put_node(rec)
         self._refresh_keys()
         self.membership.watch(rec.name, time.monotonic())
@@ -166,9 +190,14 @@ class Coordinator:
         returned = rec.state is NodeState.LOST
         rec = self.store.put_node(
             NodeRecord(
-                rec.name, rec.public_key, body.address, body.port,
+                rec.name,
+                rec.public_key,
+                body.address,
+                body.port,
                 NodeState.ONLINE if returned else rec.state,
-                "" if returned else rec.reason, rec.joined_at, time.time(),
+                "" if returned else rec.reason,
+                rec.joined_at,
+                time.time(),
                 body.resources,
             )
         )
@@ -182,7 +211,10 @@ class Coordinator:
         assert isinstance(body, m.Heartbeat)
         rec = self._member(peer, body.name)
         self.load[rec.name] = dict(body.load)
-        if self.membership.heard(rec.name, time.monotonic()) or rec.state is NodeState.LOST:
+        if (
+            self.membership.heard(rec.name, time.monotonic())
+            or rec.state is NodeState.LOST
+        ):
             self.store.put_node(rec.with_state(NodeState.ONLINE))
             await self.events.emit(NodeEvent(NodeEventKind.RETURNED, rec.name, env.id))
         return {"revision": self.store.revision()}
@@ -245,7 +277,11 @@ class Coordinator:
         me = self._node(self.cfg.node.name)
         token = tokens.new_token(self.cluster, me.address, me.port + 1, self.self_key)
         self.store.add_token(token.digest, time.time() + ttl)
-        return {"token": token.encode(), "expires_in": ttl, "coordinator_key": self.self_key}
+        return {
+            "token": token.encode(),
+            "expires_in": ttl,
+            "coordinator_key": self.self_key,
+        }
 
     async def on_drain(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
@@ -261,7 +297,9 @@ class Coordinator:
         assert isinstance(body, m.NodeResume)
         rec = self._node(body.name)
         if rec.state is NodeState.LOST:
-            raise Conflict(f"node {rec.name} is lost; it comes back by itself when heard")
+            raise Conflict(
+                f"node {rec.name} is lost; it comes back by itself when heard"
+            )
         if rec.state is not NodeState.ONLINE:
             rec = self.store.put_node(rec.with_state(NodeState.ONLINE))
             await self.events.emit(NodeEvent(NodeEventKind.RESUMED, rec.name, env.id))
@@ -272,7 +310,9 @@ class Coordinator:
         assert isinstance(body, m.NodeEvict)
         rec = self._node(body.name)
         if rec.name == self.cfg.node.name:
-            raise Conflict(f"{rec.name} holds the coordinator role and cannot be evicted")
+            raise Conflict(
+                f"{rec.name} holds the coordinator role and cannot be evicted"
+            )
         # Jobs arrive with the jobs layer; until then a node has nothing to move away.
         self.store.put_node(rec.with_state(NodeState.EVICTING, f"evicted ({env.id})"))
         self.store.delete_node(rec.name)  # revokes its key: it gets nothing through

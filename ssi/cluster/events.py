@@ -39,7 +39,9 @@ class NodeEvents:
         self._subscribers.append((name, callback))
 
     async def emit(self, event: NodeEvent) -> None:
-        log.info("node event %s %s (cause: %s)", event.kind, event.node, event.cause or "-")
+        log.info(
+            "node event %s %s (cause: %s)", event.kind, event.node, event.cause or "-"
+        )
         for name, callback in self._subscribers:
             try:
                 result = callback(event)

@@ -34,7 +34,8 @@ class Membership:
     def tick(self, now: float) -> list[str]:
         """Nodes whose silence just passed the timeout."""
         newly = sorted(
-            n for n, t in self.last_heard.items()
+            n
+            for n, t in self.last_heard.items()
             if n not in self.lost and now - t > self.timeout
         )
         self.lost.update(newly)

@@ -52,7 +52,9 @@ class StateStore(Protocol):
     def nodes(self) -> list[NodeRecord]: ...
     def node(self, name: str) -> NodeRecord | None: ...
     def node_by_key(self, public_key: str) -> NodeRecord | None: ...
-    def put_node(self, rec: NodeRecord, *, expect_rev: int | None = None) -> NodeRecord: ...
+    def put_node(
+        self, rec: NodeRecord, *, expect_rev: int | None = None
+    ) -> NodeRecord: ...
     def delete_node(self, name: str, *, expect_rev: int | None = None) -> None: ...
     def add_token(self, digest: str, expires_at: float) -> None: ...
     def use_token(self, digest: str, now: float) -> str: ...
@@ -69,9 +71,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY, expires_at REAL NOT NULL, used_at REAL);
 """
-_NODE_COLS = (
-    "name, public_key, address, port, state, reason, joined_at, changed_at, resources, rev"
-)
+_NODE_COLS = "name, public_key, address, port, state, reason, joined_at, changed_at, resources, rev"
 
 _UPDATE = ", ".join(f"{c} = excluded.{c}" for c in _NODE_COLS.split(", ")[1:])
 
@@ -87,7 +87,9 @@ class SqliteStore:
 
     def _bump(self) -> int:
         rev = self.revision() + 1
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (str(rev),))
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (str(rev),)
+        )
         return rev
 
     def revision(self) -> int:
@@ -108,8 +110,16 @@ class SqliteStore:
     def _row(row: tuple[Any, ...]) -> NodeRecord:
         name, key, addr, port, state, reason, joined, changed, res, rev = row
         return NodeRecord(
-            name, key, addr, port, NodeState(state), reason, joined, changed,
-            json.loads(res), rev,
+            name,
+            key,
+            addr,
+            port,
+            NodeState(state),
+            reason,
+            joined,
+            changed,
+            json.loads(res),
+            rev,
         )
 
     def nodes(self) -> list[NodeRecord]:
@@ -132,7 +142,9 @@ class SqliteStore:
         row = self._db.execute("SELECT rev FROM nodes WHERE name=?", (name,)).fetchone()
         current = row[0] if row else 0
         if current != expect_rev:
-            raise Conflict(f"node {name} changed meanwhile (rev {current}, not {expect_rev})")
+            raise Conflict(
+                f"node {name} changed meanwhile (rev {current}, not {expect_rev})"
+            )
 
     def put_node(self, rec: NodeRecord, *, expect_rev: int | None = None) -> NodeRecord:
         with self._db:
@@ -145,27 +157,45 @@ class SqliteStore:
                 self._db.execute(
                     f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                     f"ON CONFLICT(name) DO UPDATE SET {_UPDATE}",
-                    (rec.name, rec.public_key, rec.address, rec.port, rec.state.value,
-                     rec.reason, rec.joined_at, rec.changed_at, json.dumps(rec.resources),
-                     rec.rev),
+                    (
+                        rec.name,
+                        rec.public_key,
+                        rec.address,
+                        rec.port,
+                        rec.state.value,
+                        rec.reason,
+                        rec.joined_at,
+                        rec.changed_at,
+                        json.dumps(rec.resources),
+                        rec.rev,
+                    ),
                 )
             except sqlite3.IntegrityError:
-                raise Conflict(f"key of node {rec.name} already belongs to another node") from None
+                raise Conflict(
+                    f"key of node {rec.name} already belongs to another node"
+                ) from None
         return rec
 
     def delete_node(self, name: str, *, expect_rev: int | None = None) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._check_rev(name, expect_rev)
-            if self._db.execute("DELETE FROM nodes WHERE name=?", (name,)).rowcount == 0:
+            if (
+                self._db.execute("DELETE FROM nodes WHERE name=?", (name,)).rowcount
+                == 0
+            ):
                 raise NotFound(f"no node named {name}")
             self._bump()
 
     def add_token(self, digest: str, expires_at: float) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM tokens WHERE expires_at < ?", (time.time() - 86400,))
-            self._db.execute("INSERT INTO tokens VALUES (?, ?, NULL)", (digest, expires_at))
+            self._db.execute(
+                "DELETE FROM tokens WHERE expires_at < ?", (time.time() - 86400,)
+            )
+            self._db.execute(
+                "INSERT INTO tokens VALUES (?, ?, NULL)", (digest, expires_at)
+            )
 
     def use_token(self, digest: str, now: float) -> str:
         """Marks a token used. Returns "ok", or why not: "unknown", "used", "expired"."""
@@ -180,7 +210,9 @@ class SqliteStore:
                 return "used"
             if row[0] < now:
                 return "expired"
-            self._db.execute("UPDATE tokens SET used_at=? WHERE digest=?", (now, digest))
+            self._db.execute(
+                "UPDATE tokens SET used_at=? WHERE digest=?", (now, digest)
+            )
             return "ok"
 
     def close(self) -> None:

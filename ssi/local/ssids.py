@@ -116,7 +116,9 @@ class LocalSsiCluster:
         )
         return cfg
 
-    def start(self, node: str, timeout: float = 20.0, *, name: str | None = None) -> int:
+    def start(
+        self, node: str, timeout: float = 20.0, *, name: str | None = None
+    ) -> int:
         """Starts the node's ssid and waits until it answers on its local socket."""
         cfg = self.write_config(node, name)
         with open(self.log_path(node), "ab") as logf:
@@ -162,7 +164,7 @@ class LocalSsiCluster:
         self.topology.up()
         for node in self.node_names:
             self.start(node)
-        self.call("node1", m.ClusterInit(self.prefix))
+        self.call("node1", m.ClusterInit(name=self.prefix))
         for node in self.node_names[1:]:
             self.join(node)
         want = sorted(self.node_names)
@@ -177,7 +179,7 @@ class LocalSsiCluster:
 
     def join(self, node: str) -> Any:
         token = self.call("node1", m.NodeToken())["token"]
-        return self.call(node, m.ClusterJoin(token), timeout=15.0)
+        return self.call(node, m.ClusterJoin(token=token), timeout=15.0)
 
     def down(self) -> None:
         for node in list(self.pids):

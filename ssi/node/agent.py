@@ -33,11 +33,19 @@ from ssi.rpc.zmq_rpc import RpcClient
 log = logging.getLogger(__name__)
 
 ADMIN_OPS = {
-    m.ClusterInit.op, m.ClusterJoin.op, m.NodeToken.op, m.NodeDrain.op, m.NodeResume.op,
+    m.ClusterInit.op,
+    m.ClusterJoin.op,
+    m.NodeToken.op,
+    m.NodeDrain.op,
+    m.NodeResume.op,
     m.NodeEvict.op,
 }
 FORWARDED_OPS = {
-    m.NodeList.op, m.NodeShow.op, m.NodeToken.op, m.NodeDrain.op, m.NodeResume.op,
+    m.NodeList.op,
+    m.NodeShow.op,
+    m.NodeToken.op,
+    m.NodeDrain.op,
+    m.NodeResume.op,
     m.NodeEvict.op,
 }
 
@@ -83,12 +91,16 @@ class Agent:
 
     async def start(self) -> None:
         if self.membership is None:
-            log.info("not in a cluster yet: `ssi cluster init` or `ssi node join TOKEN`")
+            log.info(
+                "not in a cluster yet: `ssi cluster init` or `ssi node join TOKEN`"
+            )
             return
         if self.membership.role is Role.COORDINATOR:
             self._start_coordinator(self.membership.cluster)
         self._connect(self.membership)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._stay_in_touch()))
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(self._stay_in_touch())
+        )
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -105,8 +117,12 @@ class Agent:
         store = SqliteStore(self.state_dir / "cluster.db")
         if store.meta("cluster") is None:
             store.set_meta("cluster", cluster)
-        self.coordinator = Coordinator(self.cfg, store, self.events, self_key=self.public_key)
-        self.coordinator.register_self(self.address, self.cfg.node.port, node_resources())
+        self.coordinator = Coordinator(
+            self.cfg, store, self.events, self_key=self.public_key
+        )
+        self.coordinator.register_self(
+            self.address, self.cfg.node.port, node_resources()
+        )
         self.coordinator.start()
         return self.coordinator
 
@@ -120,11 +136,16 @@ class Agent:
         """Who may reach this node's cluster socket."""
         if self.coordinator is not None:
             return self.coordinator.key_allowed(key)
-        return self.membership is not None and z85_key(key) == self.membership.coordinator_key
+        return (
+            self.membership is not None
+            and z85_key(key) == self.membership.coordinator_key
+        )
 
     # --- talking to the coordinator ---------------------------------------------------
 
-    async def _call(self, body: m.Request, timeout: float | None = None, **kw: Any) -> Any:
+    async def _call(
+        self, body: m.Request, timeout: float | None = None, **kw: Any
+    ) -> Any:
         if self.coord is None:
             raise Unavailable(
                 f"node {self.name} is not in a cluster: `ssi cluster init NAME` makes one, "
@@ -147,15 +168,21 @@ class Agent:
         while True:
             try:
                 if not self.connected:
-                    hello = m.NodeHello(self.name, self.address, self.cfg.node.port,
-                                        node_resources())
+                    hello = m.NodeHello(
+                        name=self.name,
+                        address=self.address,
+                        port=self.cfg.node.port,
+                        resources=node_resources(),
+                    )
                     await self._call(hello, timeout=max(2.0, interval * 2))
                     self.connected = True
-                    log.info("welcomed by the coordinator of %s", self.membership and
-                             self.membership.cluster)
+                    log.info(
+                        "welcomed by the coordinator of %s",
+                        self.membership and self.membership.cluster,
+                    )
                 else:
                     seq += 1
-                    hb = m.Heartbeat(self.name, seq, node_load())
+                    hb = m.Heartbeat(name=self.name, seq=seq, load=node_load())
                     await self._call(hb, timeout=max(2.0, interval * 2))
             except NotFound as e:
                 log.warning("the cluster no longer knows this node (%s): leaving it", e)
@@ -178,12 +205,14 @@ class Agent:
 
     def local_handlers(self) -> Mapping[str, Any]:
         handlers: dict[str, Any] = {op: self._forward for op in FORWARDED_OPS}
-        handlers.update({
-            m.Ping.op: self.on_ping,
-            m.ClusterInit.op: self.on_init,
-            m.ClusterJoin.op: self.on_join,
-            m.ClusterStatus.op: self.on_status,
-        })
+        handlers.update(
+            {
+                m.Ping.op: self.on_ping,
+                m.ClusterInit.op: self.on_init,
+                m.ClusterJoin.op: self.on_join,
+                m.ClusterStatus.op: self.on_status,
+            }
+        )
         return {op: self._authorized(op, h) for op, h in handlers.items()}
 
     def _is_admin(self, uid: int, gid: int) -> bool:
@@ -213,7 +242,9 @@ class Agent:
         timeout = None
         if env.deadline is not None:
             timeout = max(0.1, env.deadline - time.time())
-        return await self._call(env.body, timeout, uid=peer.uid, gid=peer.gid, cause=env.id)
+        return await self._call(
+            env.body, timeout, uid=peer.uid, gid=peer.gid, cause=env.id
+        )
 
     async def on_ping(self, env: m.Envelope, peer: Any) -> m.Pong:
         return m.Pong(node=self.name, version=ssi.__version__, time=time.time())
@@ -228,7 +259,18 @@ class Agent:
         }
         if self.membership is None:
             return {"cluster": None, "this_node": local}
-        status: dict[str, Any] = await self._call(env.body, uid=peer.uid, gid=peer.gid)
+        try:
+            status: dict[str, Any] = await self._call(
+                env.body, timeout=5.0, uid=peer.uid, gid=peer.gid
+            )
+        except Unavailable as e:  # still worth telling what this node knows
+            mf = self.membership
+            return {
+                "cluster": mf.cluster,
+                "coordinator": mf.coordinator,
+                "unreachable": str(e),
+                "this_node": local,
+            }
         return {**status, "this_node": local}
 
     async def on_init(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
@@ -247,11 +289,19 @@ class Agent:
         self._refuse_if_member()
         token = tokens.decode(body.token)
         client = RpcClient(
-            self.ctx, f"tcp://{token.address}:{token.port}", token.key.encode(), self.keypair
+            self.ctx,
+            f"tcp://{token.address}:{token.port}",
+            token.key.encode(),
+            self.keypair,
         )
         try:
-            join = m.NodeJoin(body.token, self.name, self.address, self.cfg.node.port,
-                              node_resources())
+            join = m.NodeJoin(
+                token=body.token,
+                name=self.name,
+                address=self.address,
+                port=self.cfg.node.port,
+                resources=node_resources(),
+            )
             value = await client.call(join, timeout=10.0, cause=env.id)
         except Timeout:
             raise Unavailable(
@@ -274,9 +324,15 @@ class Agent:
 
     def _adopt(self, welcome: Welcome, role: Role) -> None:
         self.membership = MembershipFile(
-            welcome.cluster, role, welcome.coordinator, welcome.coordinator_address,
-            welcome.coordinator_port, welcome.coordinator_key,
+            welcome.cluster,
+            role,
+            welcome.coordinator,
+            welcome.coordinator_address,
+            welcome.coordinator_port,
+            welcome.coordinator_key,
         )
         self.membership.save(self.state_dir)
         self._connect(self.membership)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._stay_in_touch()))
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(self._stay_in_touch())
+        )

@@ -22,7 +22,7 @@ from ssi.config import Config
 from ssi.node.agent import Agent
 from ssi.node.sdnotify import notify
 from ssi.proto import messages as m
-from ssi.proto.errors import Denied, Unavailable
+from ssi.proto.errors import NotFound, Unavailable
 from ssi.rpc.keys import load_or_create_keypair
 from ssi.rpc.local import LocalServer
 from ssi.rpc.zmq_rpc import RpcServer
@@ -54,22 +54,32 @@ class Daemon:
         self.agent = Agent(cfg, self.keypair, self.ctx, advertised_address(cfg))
         listen, port = cfg.node.listen, cfg.node.port
         self.server = RpcServer(
-            self.ctx, f"tcp://{listen}:{port}", self.keypair, self._cluster_handlers(),
+            self.ctx,
+            f"tcp://{listen}:{port}",
+            self.keypair,
+            self._cluster_handlers(),
             allowed_keys=self.agent.key_allowed,
-            join_endpoint=f"tcp://{listen}:{port + 1}", join_ops=JOIN_OPS,
+            join_endpoint=f"tcp://{listen}:{port + 1}",
+            join_ops=JOIN_OPS,
         )
         self.local = LocalServer(str(cfg.socket_path), self.agent.local_handlers())
 
     def _cluster_handlers(self) -> Mapping[str, Handler]:
         """Coordinator ops, served only while this node holds the role, and only to
         keys that are still members (a revoked key's open connection gets nothing)."""
+
         def route(op: str) -> Handler:
             async def handler(env: m.Envelope, peer: Any) -> Any:
                 coordinator = self.agent.coordinator
                 if coordinator is None:
-                    raise Unavailable(f"node {self.cfg.node.name} is not the coordinator")
+                    raise Unavailable(
+                        f"node {self.cfg.node.name} is not the coordinator"
+                    )
                 if op != m.NodeJoin.op and not coordinator.key_allowed(peer.public_key):
-                    raise Denied("this key is not (or no longer) a member of the cluster")
+                    # NotFound tells an evicted agent to forget its cluster.
+                    raise NotFound(
+                        "this node is not a member of the cluster (evicted?)"
+                    )
                 return await coordinator.handlers[op](env, peer)
 
             return handler
@@ -84,8 +94,11 @@ class Daemon:
         await self.agent.start()
         notify("READY=1")
         log.info(
-            "ssid ready: node %s at %s:%d, socket %s", self.cfg.node.name,
-            self.agent.address, self.cfg.node.port, self.cfg.socket_path,
+            "ssid ready: node %s at %s:%d, socket %s",
+            self.cfg.node.name,
+            self.agent.address,
+            self.cfg.node.port,
+            self.cfg.socket_path,
         )
         try:
             await stop.wait()

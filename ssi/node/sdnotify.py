@@ -21,7 +21,10 @@ def notify(state: str) -> bool:
 
 
 _PRIORITY = {
-    logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
     logging.DEBUG: 7,
 }
 
@@ -31,7 +34,9 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prio = _PRIORITY.get(record.levelno, 6)
-        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+        return "\n".join(
+            f"<{prio}>{line}" for line in super().format(record).splitlines()
+        )
 
 
 def setup_logging(level: str, node: str) -> None:
