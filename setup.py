@@ -25,7 +25,8 @@ class BuildExtWithInit(build_ext):
         cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [*cc, "-O2", "-Wall", "-Werror", "-static", "-o", str(target), str(INIT_SRC)]
+            flags = ["-O2", "-Wall", "-Werror", "-static"]
+            cmd = [*cc, *flags, "-o", str(target), str(INIT_SRC)]
             subprocess.run(cmd, check=True)
 
 

@@ -1,6 +1,6 @@
 """Request round trips through ssid against bare pyzmq, measured in the same run.
 
-    ssi path:   client ─unix socket─▶ ssid(node2) ─CURVE tcp─▶ coordinator ssid(node1) ─▶ back
+    ssi path:   client ─unix─▶ ssid(node2) ─CURVE tcp─▶ coordinator ssid(node1) ─▶ back
     baselines:  REQ ─tcp─▶ REP echo in node1's netns (plain, and with CURVE)
 
 Also the idle CPU and RSS of one ssid. Run: .venv/bin/python benchmarks/bench_rpc.py
@@ -157,7 +157,8 @@ def main() -> int:
     for name, r in results.items():
         if "median_us" in r:
             print(
-                f"{name:40} {r['median_us']:10.0f} {r['p99_us']:10.0f} {r['per_s']:10.0f} "
+                f"{name:40} {r['median_us']:10.0f} {r['p99_us']:10.0f} "
+                f"{r['per_s']:10.0f} "
                 f"{r['median_us'] / base:8.2f}"
             )
         elif "per_s" in r:

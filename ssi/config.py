@@ -1,6 +1,8 @@
-"""Configuration: /etc/ssi/ssi.toml, then /etc/ssi/conf.d/*.toml in name order, then flags.
+"""Configuration: /etc/ssi/ssi.toml, then /etc/ssi/conf.d/*.toml in name order, then
+flags.
 
-Every file may hold any of the sections below; later files override earlier ones key by key.
+Every file may hold any of the sections below; later files override earlier ones key
+by key.
 An unknown key or a value of the wrong type is an error naming the file and the key.
 """
 
@@ -24,7 +26,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state_dir: str = "/var/lib/ssi"
     run_dir: str = "/run/ssi"
     listen: str = "0.0.0.0"
-    advertise: str = ""  # address peers use to reach this node; default: first non-loopback
+    advertise: str = (
+        ""  # address peers use to reach this node; default: first non-loopback
+    )
     port: int = 7070
 
 
@@ -36,7 +40,9 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class CriuConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    path: str = "criu"  # a name looked up on PATH (the venv's bin first) or an absolute path
+    path: str = (
+        "criu"  # a name looked up on PATH (the venv's bin first) or an absolute path
+    )
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -91,13 +97,16 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
 def resolve_criu(cfg: Config) -> str:
     """Absolute path of the CRIU binary the configuration names, or CriuNotFound."""
     name = cfg.criu.path
-    search = os.pathsep.join([str(Path(sys.prefix) / "bin"), os.environ.get("PATH", "")])
+    search = os.pathsep.join(
+        [str(Path(sys.prefix) / "bin"), os.environ.get("PATH", "")]
+    )
     found = name if os.path.isabs(name) and os.access(name, os.X_OK) else None
     found = found or shutil.which(name, path=search)
     if not found:
         raise CriuNotFound(
-            f"no CRIU binary found for [criu] path = {name!r}. Remedy: run `make setup` "
-            "in the ssi source tree (it builds CRIU 4.1.1), or install CRIU >= 3.19 and "
+            f"no CRIU binary found for [criu] path = {name!r}. Remedy: run "
+            "`make setup` in the ssi source tree (it builds CRIU 4.1.1), or install "
+            "CRIU >= 3.19 and "
             "set [criu] path in /etc/ssi/ssi.toml"
         )
     return found

@@ -55,7 +55,8 @@ def job_demo(cluster: LocalSsiCluster, work: Path) -> None:
     out = work / "counter.out"
     init = Path(__file__).parent / "jobs" / "bin" / "ssi-init"
     step(
-        "a job on node1: a Python counter under ssi-init, in its own PID/IPC/UTS namespaces"
+        "a job on node1: a Python counter under ssi-init, in its own PID/IPC/UTS "
+        "namespaces"
     )
     devnull = os.open(os.devnull, os.O_RDWR)
     pid = kernel_shim.spawn(
@@ -72,7 +73,8 @@ def job_demo(cluster: LocalSsiCluster, work: Path) -> None:
     )
     inner, n = last_count(out)
     console.print(
-        f"counting: pid {inner} inside its namespace (host pid of its init {pid}), n={n}"
+        f"counting: pid {inner} inside its namespace (host pid of its init {pid}), "
+        f"n={n}"
     )
     step("checkpoint it with CRIU on node1 (the job stops), restore it on node2")
     images = work / "images"

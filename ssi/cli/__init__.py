@@ -1,5 +1,5 @@
 """The `ssi` command: a thin client of the local ssid.
 
 ssi <group> <verb> ──argparse──▶ commands (one module per group) ──LocalClient──▶ ssid
-                                      └── output.py: tables on a terminal, --json for scripts
+                                      └── output.py: tables for people, --json
 """

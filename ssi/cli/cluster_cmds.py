@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import argparse
+from typing import TYPE_CHECKING
 
 from ssi.cli import output as o
 from ssi.proto import messages as m
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from ssi.cli.main import Ctx
 
 
-def register(groups: Any) -> None:
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = groups.add_parser(
         "cluster",
         help="form, inspect and tear down clusters",
@@ -65,7 +66,8 @@ def cmd_init(ctx: Ctx) -> int:
             f"({welcome['coordinator']}) is its coordinator."
         )
         o.out.print(
-            "add nodes with: ssi node token   (then on the new node: ssi node join TOKEN)"
+            "add nodes with: ssi node token   (then on the new node: "
+            "ssi node join TOKEN)"
         )
     return 0
 

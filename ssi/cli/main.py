@@ -67,7 +67,8 @@ Command = Callable[[Ctx], int]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ssi",
-        description="ssi: many Linux machines seen as one. Run, checkpoint and move jobs "
+        description="ssi: many Linux machines seen as one. Run, checkpoint and move "
+        "jobs "
         "across the nodes of a cluster.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

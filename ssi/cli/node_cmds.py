@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ssi.cli.main import Ctx
 
 
-def register(groups: Any) -> None:
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = groups.add_parser(
         "node",
         help="list, add, drain and evict nodes",

@@ -231,7 +231,7 @@ class Coordinator:
                 self.store.put_node(rec.with_state(NodeState.LOST, why))
                 await self.events.emit(NodeEvent(NodeEventKind.LOST, name, why))
 
-    # --- admin and read verbs -----------------------------------------------------------
+    # --- admin and read verbs ---
 
     def view(self, rec: NodeRecord) -> dict[str, Any]:
         out = asdict(rec)

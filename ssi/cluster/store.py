@@ -44,7 +44,7 @@ class NodeRecord:
 
 
 class StateStore(Protocol):
-    """What the coordinator needs from its store. Implementations are not thread-safe."""
+    """What the coordinator needs from its store. Not thread-safe."""
 
     def revision(self) -> int: ...
     def meta(self, key: str) -> str | None: ...
@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY, expires_at REAL NOT NULL, used_at REAL);
 """
-_NODE_COLS = "name, public_key, address, port, state, reason, joined_at, changed_at, resources, rev"
+_NODE_COLS = (
+    "name, public_key, address, port, state, reason, joined_at, changed_at, resources, "
+    "rev"
+)
 
 _UPDATE = ", ".join(f"{c} = excluded.{c}" for c in _NODE_COLS.split(", ")[1:])
 
@@ -198,7 +201,7 @@ class SqliteStore:
             )
 
     def use_token(self, digest: str, now: float) -> str:
-        """Marks a token used. Returns "ok", or why not: "unknown", "used", "expired"."""
+        """Marks a token used: "ok", or why not: "unknown", "used", "expired"."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(

@@ -2,12 +2,14 @@
 would: `cluster init` on node1, then a join token for each other node.
 
     LocalSsiCluster.up():  topology up ─▶ ssid per node ─▶ node1: cluster.init
-                            ─▶ nodeK: node.token (node1) + cluster.join (nodeK) ─▶ all online
+                            ─▶ nodeK: node.token (node1) + cluster.join (nodeK)
+                           ─▶ all online
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -29,7 +31,7 @@ T = TypeVar("T")
 def wait_for(
     what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.05
 ) -> T:
-    """Polls `check` until it returns something truthy; SsiTimeout naming `what` else."""
+    """Polls `check` until it returns something truthy, else SsiTimeout."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
@@ -66,7 +68,7 @@ class LocalSsiCluster:
         self.log_level = log_level
         self.pids: dict[str, int] = {}
 
-    # --- where things are ---------------------------------------------------------------
+    # --- where things are ---
 
     @staticmethod
     def base_of(prefix: str) -> Path:
@@ -99,7 +101,7 @@ class LocalSsiCluster:
     def call(self, node: str, body: m.Request, timeout: float = 10.0) -> Any:
         return self.client(node, timeout).call(body)
 
-    # --- life cycle ---------------------------------------------------------------------
+    # --- life cycle ---
 
     def write_config(self, node: str, name: str | None = None) -> Path:
         """ssid's configuration for a node; `name` is the node name ssid claims
@@ -110,7 +112,8 @@ class LocalSsiCluster:
         cfg = d / "ssi.toml"
         cfg.write_text(
             f'[node]\nname = "{name or node}"\nstate_dir = "{d / "state"}"\n'
-            f'run_dir = "{d / "run"}"\nadvertise = "{self.topology.node(node).address}"\n'
+            f'run_dir = "{d / "run"}"\n'
+            f'advertise = "{self.topology.node(node).address}"\n'
             f"port = {self.port}\n\n[cluster]\nheartbeat_interval = {interval}\n"
             f"heartbeat_timeout = {timeout}\n"
         )
@@ -202,7 +205,7 @@ class LocalSsiCluster:
                     removed.append(f"ssid {node} (pid {pid})")
             for pid in json.loads(record.read_text())["pids"].values():
                 try:
-                    wait_for(f"pid {pid} to exit", lambda p=pid: _gone(p), 10.0)
+                    wait_for(f"pid {pid} to exit", functools.partial(_gone, pid), 10.0)
                 except SsiError:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

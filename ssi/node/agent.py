@@ -148,7 +148,8 @@ class Agent:
     ) -> Any:
         if self.coord is None:
             raise Unavailable(
-                f"node {self.name} is not in a cluster: `ssi cluster init NAME` makes one, "
+                f"node {self.name} is not in a cluster: `ssi cluster init NAME` makes "
+                "one, "
                 "`ssi node join TOKEN` joins one"
             )
         try:
@@ -157,12 +158,13 @@ class Agent:
             assert self.membership is not None
             raise Unavailable(
                 f"the coordinator ({self.membership.coordinator} at "
-                f"{self.membership.coordinator_address}:{self.membership.coordinator_port}) "
+                f"{self.membership.coordinator_address}:"
+                f"{self.membership.coordinator_port}) "
                 "did not answer"
             ) from None
 
     async def _stay_in_touch(self) -> None:
-        """Hello until welcomed, then heartbeats; an evicted node forgets its cluster."""
+        """Hello until welcomed, then heartbeats; an evicted node leaves."""
         interval = self.cfg.cluster.heartbeat_interval
         seq = 0
         while True:
@@ -305,8 +307,9 @@ class Agent:
             value = await client.call(join, timeout=10.0, cause=env.id)
         except Timeout:
             raise Unavailable(
-                f"the coordinator at {token.address}:{token.port} did not answer: is it "
-                "running and reachable, and is the token from this cluster's coordinator?"
+                f"the coordinator at {token.address}:{token.port} did not answer: is "
+                "it running and reachable, and is the token from this cluster's "
+                "coordinator?"
             ) from None
         finally:
             client.close()

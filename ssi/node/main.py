@@ -17,7 +17,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="ssid",
         description="The ssi node daemon: runs this node's jobs and, on one node, the "
-        "coordinator. Usually started by systemd (ssid.service) or `ssi cluster up --local`.",
+        "coordinator. Usually started by systemd (ssid.service) or "
+        "`ssi cluster up --local`.",
     )
     p.add_argument(
         "--config", type=Path, help="configuration file (default /etc/ssi/ssi.toml)"

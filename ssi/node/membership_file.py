@@ -1,4 +1,4 @@
-"""What an agent remembers about its cluster across restarts (state_dir/membership.json)."""
+"""What an agent remembers of its cluster across restarts (membership.json)."""
 
 from __future__ import annotations
 
