@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.asyncio
-from ssi.rpc.zmq_rpc import RpcClient
 
 from ssi.local.ssids import LocalSsiCluster, wait_for
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, Denied, NotFound, SsiError, Unavailable
-from ssi.rpc.local import LocalClient
 from ssi.rpc.keys import KeyPair
+from ssi.rpc.local import LocalClient
+from ssi.rpc.zmq_rpc import RpcClient
 
 from .conftest import free_subnet, leftovers_of, unique_prefix
 

@@ -47,7 +47,9 @@ def _write_then_die(path: str) -> None:
 
 def test_acknowledged_write_survives_kill_9(tmp_path: Path) -> None:
     path = str(tmp_path / "c.db")
-    p = multiprocessing.get_context("fork").Process(target=_write_then_die, args=(path,))
+    p = multiprocessing.get_context("fork").Process(
+        target=_write_then_die, args=(path,)
+    )
     p.start()
     p.join(10)
     assert p.exitcode == -signal.SIGKILL
