@@ -37,6 +37,7 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     heartbeat_timeout: float = 6.0  # seconds without one before a node is lost
     admin_group: str = ""  # members may use admin verbs, besides root
     token_ttl: float = 3600.0  # default lifetime of a join token, seconds
+    ckpt_keep: int = 3  # checkpoints kept per job; older ones are deleted everywhere
 
 
 class CriuConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

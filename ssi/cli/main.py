@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssi import __version__, config
-from ssi.cli import cluster_cmds, node_cmds
+from ssi.cli import cluster_cmds, job_cmds, node_cmds
 from ssi.cli.output import fail
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
@@ -28,6 +28,10 @@ examples:
   ssi node token                  a single-use join token for a new node
   ssi node join TOKEN             (on the new node) join the cluster
   ssi node drain node3 --reason maintenance
+  ssi submit -- python3 sim.py    run a job somewhere; prints its id
+  ssi ps                          the cluster's jobs
+  ssi checkpoint 7 --stop         dump job 7 (copied to another node), stop it
+  ssi restart 7 --node node3      bring it back on node3
   ssi cluster down                stop and remove the local cluster
 """
 
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = p.add_subparsers(dest="group", metavar="GROUP", required=True)
     cluster_cmds.register(groups)
     node_cmds.register(groups)
+    job_cmds.register(groups)
     return p
 
 

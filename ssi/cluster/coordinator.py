@@ -17,7 +17,9 @@ import zmq.utils.z85
 
 from ssi.cluster import tokens
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
+from ssi.cluster.jobs import JobManager
 from ssi.cluster.membership import Membership
+from ssi.cluster.peers import Peers
 from ssi.cluster.store import NodeRecord, NodeState, StateStore
 from ssi.config import Config
 from ssi.proto import messages as m
@@ -49,17 +51,24 @@ class Welcome:
 
 class Coordinator:
     def __init__(
-        self, cfg: Config, store: StateStore, events: NodeEvents, *, self_key: str
+        self,
+        cfg: Config,
+        store: StateStore,
+        events: NodeEvents,
+        peers: Peers,
+        *,
+        self_key: str,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.events = events
         self.self_key = self_key
         self.membership = Membership(cfg.cluster.heartbeat_timeout)
-        self.load: dict[str, dict[str, float]] = {}
         self._keys: set[str] = set()
         self._task: asyncio.Task[None] | None = None
-        self.handlers = self._handlers()
+        self.peers = peers
+        self.jobs = JobManager(cfg, store, events, peers)
+        self.handlers = {**self._handlers(), **self.jobs.handlers()}
         assert set(self.handlers) == self.OPS
 
     # --- life cycle -------------------------------------------------------------------
@@ -76,8 +85,11 @@ class Coordinator:
                 self.membership.watch(rec.name, now)
         self._refresh_keys()
         self._task = asyncio.get_running_loop().create_task(self._watch_heartbeats())
+        self.jobs.start()
 
     async def close(self) -> None:
+        await self.jobs.close()
+        self.peers.close()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -88,7 +100,7 @@ class Coordinator:
     def _refresh_keys(self) -> None:
         self._keys = {r.public_key for r in self.store.nodes()}
 
-    OPS = frozenset(
+    NODE_OPS = frozenset(
         {
             m.NodeJoin.op,
             m.NodeHello.op,
@@ -102,6 +114,8 @@ class Coordinator:
             m.ClusterStatus.op,
         }
     )
+
+    OPS = NODE_OPS | JobManager.OPS
 
     def _handlers(self) -> Mapping[str, Any]:
         return {
@@ -210,7 +224,7 @@ class Coordinator:
         body = env.body
         assert isinstance(body, m.Heartbeat)
         rec = self._member(peer, body.name)
-        self.load[rec.name] = dict(body.load)
+        self.jobs.on_heartbeat_jobs(rec.name, body.jobs, body.load)
         if (
             self.membership.heard(rec.name, time.monotonic())
             or rec.state is NodeState.LOST
@@ -237,7 +251,7 @@ class Coordinator:
         out = asdict(rec)
         heard = self.membership.last_heard.get(rec.name)
         out["last_heard_ago"] = None if heard is None else time.monotonic() - heard
-        out["load"] = self.load.get(rec.name, {})
+        out["load"] = self.jobs.load.get(rec.name, {})
         out["coordinator"] = rec.name == self.cfg.node.name
         return out
 
@@ -313,11 +327,16 @@ class Coordinator:
             raise Conflict(
                 f"{rec.name} holds the coordinator role and cannot be evicted"
             )
-        # Jobs arrive with the jobs layer; until then a node has nothing to move away.
+        jobs = [j.id for j in self.store.jobs() if j.node == rec.name and j.state.live]
+        if jobs and not body.force:
+            raise Conflict(
+                f"{rec.name} still runs jobs {jobs}: drain it and let them end, or "
+                "--force (they restart elsewhere from their checkpoints, or fail)"
+            )
         self.store.put_node(rec.with_state(NodeState.EVICTING, f"evicted ({env.id})"))
         self.store.delete_node(rec.name)  # revokes its key: it gets nothing through
         self._refresh_keys()
         self.membership.forget(rec.name)
-        self.load.pop(rec.name, None)
+        self.jobs.load.pop(rec.name, None)
         await self.events.emit(NodeEvent(NodeEventKind.EVICTED, rec.name, env.id))
         return {"evicted": rec.name, "moved": []}

@@ -12,7 +12,7 @@ import enum
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +43,69 @@ class NodeRecord:
         return replace(self, state=state, reason=reason, changed_at=time.time())
 
 
+class JobState(enum.StrEnum):
+    HELD = "held"  # queued, not to be placed until released
+    QUEUED = "queued"
+    STARTING = "starting"  # sent to a node
+    RUNNING = "running"
+    SUSPENDED = "suspended"  # frozen in its cgroup
+    STOPPED = "stopped"  # checkpointed and stopped: restartable
+    RESTARTING = "restarting"
+    DONE = "done"  # exited 0
+    FAILED = "failed"  # exited non-zero, never ran, or lost without a checkpoint
+    KILLED = "killed"  # ended by a signal
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.KILLED)
+
+    @property
+    def live(self) -> bool:
+        """Has (or is getting) a process tree on some node."""
+        return self in (
+            JobState.STARTING,
+            JobState.RUNNING,
+            JobState.SUSPENDED,
+            JobState.RESTARTING,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: int
+    name: str
+    uid: int
+    gid: int
+    user: str
+    spec: dict[str, Any]  # what ssi.jobs.JobSpec needs: argv, cwd, env, stdio, groups
+    require: str = ""
+    node: str = ""  # where it runs or last ran
+    state: JobState = JobState.QUEUED
+    reason: str = ""  # the last decision or failure about it, for `ssi why`
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit: dict[str, Any] | None = None  # the job init's status: exited/signaled, rusage
+    ckpt_every: float = 0.0
+    submit_node: str = ""
+    rev: int = 0
+
+    def but(self, **changes: Any) -> JobRecord:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    id: str
+    job: int
+    node: str  # where it was taken
+    holders: list[str]  # nodes with a verified copy
+    taken_at: float
+    size: int
+    stopped: bool  # the job was left stopped after it
+    info: dict[str, Any] = field(default_factory=dict)  # dump figures, CRIU version
+
+
 class StateStore(Protocol):
     """What the coordinator needs from its store. Not thread-safe."""
 
@@ -58,6 +121,17 @@ class StateStore(Protocol):
     def delete_node(self, name: str, *, expect_rev: int | None = None) -> None: ...
     def add_token(self, digest: str, expires_at: float) -> None: ...
     def use_token(self, digest: str, now: float) -> str: ...
+    def next_job_id(self) -> int: ...
+    def put_job(
+        self, job: JobRecord, *, expect_rev: int | None = None
+    ) -> JobRecord: ...
+    def job(self, job_id: int) -> JobRecord | None: ...
+    def jobs(self, *, ended: bool = False) -> list[JobRecord]: ...
+    def add_job_event(self, job_id: int, kind: str, data: dict[str, Any]) -> None: ...
+    def job_events(self, job_id: int) -> list[dict[str, Any]]: ...
+    def put_checkpoint(self, ckpt: CheckpointRecord) -> None: ...
+    def checkpoints(self, job_id: int) -> list[CheckpointRecord]: ...
+    def delete_checkpoint(self, ckpt_id: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -70,6 +144,17 @@ CREATE TABLE IF NOT EXISTS nodes (
     rev INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY, expires_at REAL NOT NULL, used_at REAL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY, state TEXT NOT NULL, ended INTEGER NOT NULL,
+    body TEXT NOT NULL, rev INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_live ON jobs (ended);
+CREATE TABLE IF NOT EXISTS job_events (
+    job INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id TEXT PRIMARY KEY, job INTEGER NOT NULL, taken_at REAL NOT NULL,
+    body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS checkpoints_job ON checkpoints (job);
 """
 _NODE_COLS = (
     "name, public_key, address, port, state, reason, joined_at, changed_at, resources, "
@@ -218,5 +303,92 @@ class SqliteStore:
             )
             return "ok"
 
+    # --- jobs ---
+
+    def next_job_id(self) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            last = int(self.meta("last_job_id") or 0)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('last_job_id', ?)",
+                (str(last + 1),),
+            )
+            return last + 1
+
+    def put_job(self, job: JobRecord, *, expect_rev: int | None = None) -> JobRecord:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if expect_rev is not None:
+                row = self._db.execute(
+                    "SELECT rev FROM jobs WHERE id=?", (job.id,)
+                ).fetchone()
+                if (row[0] if row else 0) != expect_rev:
+                    raise Conflict(f"job {job.id} changed meanwhile")
+            job = replace(job, rev=self._bump())
+            self._db.execute(
+                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.state.value,
+                    int(job.state.ended),
+                    _job_json(job),
+                    job.rev,
+                ),
+            )
+        return job
+
+    def job(self, job_id: int) -> JobRecord | None:
+        row = self._db.execute("SELECT body FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _job_from_json(row[0]) if row else None
+
+    def jobs(self, *, ended: bool = False) -> list[JobRecord]:
+        q = (
+            "SELECT body FROM jobs"
+            + ("" if ended else " WHERE ended=0")
+            + " ORDER BY id"
+        )
+        return [_job_from_json(r[0]) for r in self._db.execute(q)]
+
+    def add_job_event(self, job_id: int, kind: str, data: dict[str, Any]) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO job_events VALUES (?, ?, ?, ?)",
+                (job_id, time.time(), kind, json.dumps(data)),
+            )
+
+    def job_events(self, job_id: int) -> list[dict[str, Any]]:
+        q = "SELECT at, kind, data FROM job_events WHERE job=? ORDER BY rowid"
+        return [
+            {"at": at, "kind": kind, **json.loads(data)}
+            for at, kind, data in self._db.execute(q, (job_id,))
+        ]
+
+    def put_checkpoint(self, ckpt: CheckpointRecord) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
+                (ckpt.id, ckpt.job, ckpt.taken_at, json.dumps(asdict(ckpt))),
+            )
+
+    def checkpoints(self, job_id: int) -> list[CheckpointRecord]:
+        q = "SELECT body FROM checkpoints WHERE job=? ORDER BY taken_at"
+        return [
+            CheckpointRecord(**json.loads(r[0])) for r in self._db.execute(q, (job_id,))
+        ]
+
+    def delete_checkpoint(self, ckpt_id: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM checkpoints WHERE id=?", (ckpt_id,))
+
     def close(self) -> None:
         self._db.close()
+
+
+def _job_json(job: JobRecord) -> str:
+    return json.dumps(asdict(job))
+
+
+def _job_from_json(text: str) -> JobRecord:
+    d = json.loads(text)
+    d["state"] = JobState(d["state"])
+    return JobRecord(**d)

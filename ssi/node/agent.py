@@ -22,6 +22,7 @@ import ssi
 from ssi.cluster import tokens
 from ssi.cluster.coordinator import Coordinator, Welcome, z85_key
 from ssi.cluster.events import NodeEvents
+from ssi.cluster.peers import Peers
 from ssi.cluster.store import SqliteStore
 from ssi.config import Config
 from ssi.node.membership_file import MembershipFile, Role
@@ -117,8 +118,9 @@ class Agent:
         store = SqliteStore(self.state_dir / "cluster.db")
         if store.meta("cluster") is None:
             store.set_meta("cluster", cluster)
+        peers = Peers(self.ctx, self.keypair, sender=self.name)
         self.coordinator = Coordinator(
-            self.cfg, store, self.events, self_key=self.public_key
+            self.cfg, store, self.events, peers, self_key=self.public_key
         )
         self.coordinator.register_self(
             self.address, self.cfg.node.port, node_resources()

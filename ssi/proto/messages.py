@@ -223,6 +223,7 @@ class Heartbeat(Request[Any], tag="node.heartbeat"):
     name: str
     seq: int
     load: dict[str, float]
+    jobs: dict[str, dict[str, Any]] = {}  # job id -> live stats (cpu, rss, ...)
 
 
 class NodeList(Request[Any], tag="node.list"):
@@ -267,3 +268,137 @@ class ClusterJoin(Request[Any], tag="cluster.join"):
     """Asks the local ssid to join the cluster the token belongs to."""
 
     token: str
+
+
+# --- jobs: what users ask (through their node's ssid) -------------------------------
+
+
+class JobSubmit(Request[Any], tag="job.submit"):
+    """A job as its submitter describes it; uid and gid come from the socket's peer
+    credentials, never from the message."""
+
+    argv: list[str]
+    name: str = ""
+    cwd: str = ""
+    env: dict[str, str] = {}
+    stdin: str = "/dev/null"
+    stdout: str = ""  # "": <cwd>/ssi-<id>.out
+    stderr: str = ""  # "": <cwd>/ssi-<id>.err
+    node: str = ""  # "": the placement policy chooses
+    require: str = ""  # resource request language
+    hold: bool = False
+    ckpt_every: float = 0.0  # seconds between periodic checkpoints; 0: none
+
+
+class JobList(Request[Any], tag="job.list"):
+    all: bool = False  # include ended jobs (history)
+    user: int | None = None  # only this uid's jobs
+
+
+class JobShow(Request[Any], tag="job.show"):
+    job: int
+
+
+class JobWait(Request[Any], tag="job.wait"):
+    job: int
+    timeout: float | None = None  # seconds; None: until it ends
+
+
+class JobKill(Request[Any], tag="job.kill"):
+    job: int
+    signal: int = 15
+
+
+class JobSuspend(Request[Any], tag="job.suspend"):
+    job: int
+
+
+class JobResume(Request[Any], tag="job.resume"):
+    job: int
+
+
+class JobHold(Request[Any], tag="job.hold"):
+    job: int
+
+
+class JobRelease(Request[Any], tag="job.release"):
+    job: int
+
+
+class JobCheckpoint(Request[Any], tag="job.checkpoint"):
+    job: int
+    stop: bool = False  # leave the job stopped (restartable) instead of running
+
+
+class JobCheckpoints(Request[Any], tag="job.checkpoints"):
+    job: int
+
+
+class JobRestart(Request[Any], tag="job.restart"):
+    job: int
+    checkpoint: str = ""  # "": the latest
+    node: str = ""  # "": the placement policy chooses
+
+
+class JobWhy(Request[Any], tag="job.why"):
+    job: int
+
+
+# --- jobs: between the coordinator and the agents -------------------------------------
+
+
+class AgentStart(Request[Any], tag="agent.start"):
+    job: int
+    spec: dict[str, Any]  # ssi.jobs.JobSpec as a mapping
+
+
+class AgentSignal(Request[Any], tag="agent.signal"):
+    job: int
+    signal: int
+
+
+class AgentFreeze(Request[Any], tag="agent.freeze"):
+    job: int
+    frozen: bool
+
+
+class AgentDump(Request[Any], tag="agent.dump"):
+    """Checkpoint a job into the node's spool, then copy it to the replica nodes."""
+
+    job: int
+    checkpoint: str
+    stop: bool
+    replicas: list[dict[str, Any]] = []  # [{name, address, port, key}]
+
+
+class AgentRestore(Request[Any], tag="agent.restore"):
+    """Restore a job from a checkpoint, fetching it from a holder if not here."""
+
+    job: int
+    checkpoint: str
+    spec: dict[str, Any]
+    holders: list[dict[str, Any]] = []  # [{name, address, port, key}]
+
+
+class AgentForget(Request[Any], tag="agent.forget"):
+    """Drop what the node keeps of a job (it ended, or runs elsewhere now)."""
+
+    job: int
+    kill: bool = False  # kill it first if it still runs here
+    checkpoints: list[str] = []  # checkpoint ids whose local copies to delete
+
+
+class JobEnded(Request[Any], tag="job.ended"):
+    """An agent reports a job's end (also for jobs that ended while it was down)."""
+
+    job: int
+    node: str
+    status: dict[str, Any]
+
+
+class JobsHere(Request[Any], tag="job.here"):
+    """An agent's account of its jobs after a (re)start: the coordinator answers with
+    the jobs this node must no longer run."""
+
+    node: str
+    running: list[int]

@@ -1,0 +1,755 @@
+"""The coordinator's view of jobs: submission, placement, life cycle, waiting,
+checkpoints, restarts, and what happens to the jobs of a lost node.
+
+    submit ─▶ QUEUED ─place─▶ STARTING ─agent.start─▶ RUNNING ─end─▶ DONE|FAILED|KILLED
+              HELD ◀─hold/release─┘        │ agent.dump(stop) ─▶ STOPPED ─restart─┐
+                                            └── node lost ─▶ RESTARTING ◀───────────┘
+
+Agents do the work on their nodes; this module decides and keeps the record, so that
+a coordinator restart loses no job (every state change is in the store first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
+from ssi.cluster.peers import Peers, endpoint
+from ssi.cluster.placement import LeastLoaded, Placement
+from ssi.cluster.store import (
+    CheckpointRecord,
+    JobRecord,
+    JobState,
+    NodeRecord,
+    NodeState,
+    StateStore,
+)
+from ssi.config import Config
+from ssi.proto import messages as m
+from ssi.proto.errors import BadRequest, Conflict, Denied, NotFound, SsiError, Timeout
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+DUMP_TIMEOUT = 900.0  # a GB-sized job replicated to another node
+
+
+def state_of_exit(status: Mapping[str, Any]) -> JobState:
+    if "signaled" in status:
+        return JobState.KILLED
+    return JobState.DONE if status.get("exited") == 0 else JobState.FAILED
+
+
+class JobManager:
+    OPS = frozenset(
+        {
+            m.JobSubmit.op,
+            m.JobList.op,
+            m.JobShow.op,
+            m.JobWait.op,
+            m.JobKill.op,
+            m.JobSuspend.op,
+            m.JobResume.op,
+            m.JobHold.op,
+            m.JobRelease.op,
+            m.JobCheckpoint.op,
+            m.JobCheckpoints.op,
+            m.JobRestart.op,
+            m.JobWhy.op,
+            m.JobEnded.op,
+            m.JobsHere.op,
+        }
+    )
+
+    def __init__(
+        self, cfg: Config, store: StateStore, events: NodeEvents, peers: Peers
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.peers = peers
+        self.placer = LeastLoaded()
+        self.stats: dict[int, dict[str, Any]] = {}  # live figures from heartbeats
+        self.load: dict[str, dict[str, float]] = {}
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._busy: set[int] = set()  # jobs with a checkpoint or restart under way
+        self._tasks: set[asyncio.Task[Any]] = set()
+        events.subscribe("jobs", self.on_node_event)
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            m.JobSubmit.op: self.on_submit,
+            m.JobList.op: self.on_list,
+            m.JobShow.op: self.on_show,
+            m.JobWait.op: self.on_wait,
+            m.JobKill.op: self.on_kill,
+            m.JobSuspend.op: self.on_suspend,
+            m.JobResume.op: self.on_resume,
+            m.JobHold.op: self.on_hold,
+            m.JobRelease.op: self.on_release,
+            m.JobCheckpoint.op: self.on_checkpoint,
+            m.JobCheckpoints.op: self.on_checkpoints,
+            m.JobRestart.op: self.on_restart,
+            m.JobWhy.op: self.on_why,
+            m.JobEnded.op: self.on_ended,
+            m.JobsHere.op: self.on_here,
+        }
+
+    def spawn(self, coro: Any) -> None:
+        """Background work whose failure is logged, never lost silently."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background job work failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def start(self) -> None:
+        """After a coordinator (re)start: queued jobs get placed again, and periodic
+        checkpoints resume."""
+        for job in self.store.jobs():
+            if job.state in (JobState.QUEUED, JobState.STARTING):
+                self.spawn(self._place_and_start(job, cause="coordinator start"))
+        self.spawn(self._periodic_checkpoints())
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _job(self, job_id: int) -> JobRecord:
+        job = self.store.job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id} (see `ssi ps -a`)")
+        return job
+
+    def _node(self, name: str) -> NodeRecord:
+        rec = self.store.node(name)
+        if rec is None:
+            raise NotFound(f"no node named {name!r}")
+        return rec
+
+    def is_admin(self, uid: int | None, gid: int | None) -> bool:
+        if uid == 0:
+            return True
+        group = self.cfg.cluster.admin_group
+        if not group or uid is None:
+            return False
+        try:
+            user = pwd.getpwuid(uid).pw_name
+            return grp.getgrnam(group).gr_gid in os.getgrouplist(user, gid or 0)
+        except KeyError:
+            return False
+
+    def _owned(self, env: m.Envelope, job_id: int) -> JobRecord:
+        job = self._job(job_id)
+        if env.uid != job.uid and not self.is_admin(env.uid, env.gid):
+            raise Denied(
+                f"job {job_id} belongs to {job.user}; you may act only on your jobs"
+            )
+        return job
+
+    def _save(self, job: JobRecord, event: str = "", **data: Any) -> JobRecord:
+        job = self.store.put_job(job)
+        if event:
+            self.store.add_job_event(job.id, event, data)
+        if job.state.ended:
+            self.stats.pop(job.id, None)
+            for fut in self._waiters.pop(job.id, []):
+                if not fut.done():
+                    fut.set_result(None)
+        return job
+
+    def view(self, job: JobRecord) -> dict[str, Any]:
+        out = asdict(job)
+        out.pop("rev")
+        live = self.stats.get(job.id, {})
+        out["stats"] = live
+        end = job.ended_at or time.time()
+        out["runtime"] = end - job.started_at if job.started_at else 0.0
+        return out
+
+    def running_per_node(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job in self.store.jobs():
+            if job.state.live and job.node:
+                counts[job.node] = counts.get(job.node, 0) + 1
+        return counts
+
+    def place(self, job: JobRecord, *, exclude: tuple[str, ...] = ()) -> Placement:
+        return self.placer.place(
+            self.store.nodes(),
+            self.load,
+            self.running_per_node(),
+            want=job.spec.get("node", ""),
+            exclude=exclude,
+        )
+
+    # --- submission and start ---------------------------------------------------------
+
+    async def on_submit(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobSubmit)
+        if env.uid is None or env.gid is None:
+            raise BadRequest("a job needs the submitter's uid and gid")
+        if not body.argv:
+            raise BadRequest("nothing to run: give a command after --")
+        if not os.path.isabs(body.cwd):
+            raise BadRequest(
+                f"the working directory must be an absolute path, not {body.cwd!r}"
+            )
+        if body.ckpt_every < 0:
+            raise BadRequest("--ckpt-every takes a number of seconds > 0")
+        if body.node:
+            self._node(body.node)
+        try:
+            pw = pwd.getpwuid(env.uid)
+            user, groups = pw.pw_name, os.getgrouplist(pw.pw_name, env.gid)
+        except KeyError:
+            user, groups = str(env.uid), [env.gid]
+        job_id = self.store.next_job_id()
+        spec = {
+            "argv": list(body.argv),
+            "name": body.name or os.path.basename(body.argv[0]),
+            "cwd": body.cwd,
+            "env": dict(body.env),
+            "uid": env.uid,
+            "gid": env.gid,
+            "groups": groups,
+            "stdin": body.stdin or "/dev/null",
+            "stdout": body.stdout or os.path.join(body.cwd, f"ssi-{job_id}.out"),
+            "stderr": body.stderr or os.path.join(body.cwd, f"ssi-{job_id}.err"),
+            "node": body.node,
+        }
+        job = JobRecord(
+            job_id,
+            str(spec["name"]),
+            env.uid,
+            env.gid,
+            user,
+            spec,
+            body.require,
+            state=JobState.HELD if body.hold else JobState.QUEUED,
+            ckpt_every=body.ckpt_every,
+            submit_node=env.sender,
+        )
+        job = self._save(job, "submitted", by=user, node=env.sender)
+        if not body.hold:
+            self.spawn(self._place_and_start(job, cause=env.id))
+        return self.view(job)
+
+    async def _place_and_start(self, job: JobRecord, cause: str) -> None:
+        placement = self.place(job)
+        if placement.node is None:
+            self._save(
+                job.but(reason=placement.reason), "unplaced", reason=placement.reason
+            )
+            return  # stays queued; tried again when a node comes or frees up
+        node = self._node(placement.node)
+        job = self._save(
+            job.but(state=JobState.STARTING, node=node.name, reason=placement.reason),
+            "placed",
+            node=node.name,
+            scores=placement.scores,
+            refused=placement.refused,
+        )
+        try:
+            started = await self.peers.call(
+                node,
+                m.AgentStart(job=job.id, spec=job.spec),
+                timeout=START_TIMEOUT,
+                cause=cause,
+            )
+        except SsiError as e:
+            self._fail_to_start(job, f"could not start on {node.name}: {e}")
+            return
+        self._save(
+            job.but(
+                state=JobState.RUNNING,
+                started_at=started.get("started_at", time.time()),
+            ),
+            "started",
+            node=node.name,
+            pid=started.get("pid"),
+        )
+
+    def _fail_to_start(self, job: JobRecord, why: str) -> None:
+        log.warning("job %d: %s", job.id, why)
+        self._save(
+            job.but(
+                state=JobState.FAILED,
+                reason=why,
+                ended_at=time.time(),
+                exit={"aborted": True, "error": why},
+            ),
+            "aborted",
+            reason=why,
+        )
+
+    async def retry_queued(self) -> None:
+        for job in self.store.jobs():
+            if job.state is JobState.QUEUED:
+                await self._place_and_start(job, cause="retry")
+
+    # --- reports from agents ----------------------------------------------------------
+
+    async def on_ended(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobEnded)
+        job = self.store.job(body.job)
+        if job is None or job.state.ended or job.node != body.node:
+            return {"ack": True, "stale": True}  # e.g. a copy that was moved away
+        if job.state is JobState.STOPPED:
+            return {"ack": True}  # the end of the dumped original: not the job's end
+        status = dict(body.status)
+        state = state_of_exit(status)
+        if status.get("exec_errno"):
+            status["aborted"] = True
+        reason = (
+            f"exited {status['exited']}"
+            if "exited" in status
+            else f"killed by signal {status.get('signaled')}"
+        )
+        self._save(
+            job.but(
+                state=state,
+                exit=status,
+                ended_at=status.get("ended", time.time()),
+                reason=reason,
+            ),
+            "ended",
+            node=body.node,
+            status=status,
+        )
+        self.spawn(self.retry_queued())
+        return {"ack": True}
+
+    async def on_here(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        """A (re)started agent lists its running jobs: those the cluster moved away in
+        the meantime must not run twice."""
+        body = env.body
+        assert isinstance(body, m.JobsHere)
+        kill = []
+        for job_id in body.running:
+            job = self.store.job(job_id)
+            if (
+                job is None
+                or job.state.ended
+                or job.node != body.node
+                or job.state is JobState.STOPPED
+            ):
+                kill.append(job_id)
+        return {"kill": kill}
+
+    def on_heartbeat_jobs(
+        self,
+        node: str,
+        jobs: Mapping[str, Mapping[str, Any]],
+        load: Mapping[str, float],
+    ) -> None:
+        self.load[node] = dict(load)
+        for key, figures in jobs.items():
+            self.stats[int(key)] = dict(figures)
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def on_list(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
+        body = env.body
+        assert isinstance(body, m.JobList)
+        jobs = self.store.jobs(ended=body.all)
+        if body.user is not None:
+            jobs = [j for j in jobs if j.uid == body.user]
+        return [self.view(j) for j in jobs]
+
+    async def on_show(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobShow)
+        job = self._job(body.job)
+        out = self.view(job)
+        out["events"] = self.store.job_events(job.id)
+        out["checkpoints"] = [asdict(c) for c in self.store.checkpoints(job.id)]
+        return out
+
+    async def on_why(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobWhy)
+        job = self._job(body.job)
+        events = self.store.job_events(job.id)
+        return {
+            "job": job.id,
+            "state": job.state.value,
+            "reason": job.reason,
+            "events": events[-10:],
+        }
+
+    async def on_wait(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobWait)
+        job = self._job(body.job)
+        if not job.state.ended:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(job.id, []).append(fut)
+            try:
+                await asyncio.wait_for(fut, body.timeout)
+            except TimeoutError:
+                raise Timeout(
+                    f"job {job.id} still {self._job(job.id).state.value} after "
+                    f"{body.timeout:g}s"
+                ) from None
+            finally:
+                waiters = self._waiters.get(job.id, [])
+                if fut in waiters:
+                    waiters.remove(fut)
+        return self.view(self._job(job.id))
+
+    # --- control ----------------------------------------------------------------------
+
+    async def _on_node(self, job: JobRecord, body: m.Request[Any], cause: str) -> Any:
+        if not job.state.live or not job.node:
+            raise Conflict(f"job {job.id} is {job.state.value}: it runs nowhere")
+        return await self.peers.call(
+            self._node(job.node), body, timeout=30.0, cause=cause
+        )
+
+    async def on_kill(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobKill)
+        job = self._owned(env, body.job)
+        if job.state in (JobState.QUEUED, JobState.HELD, JobState.STOPPED):
+            job = self._save(
+                job.but(
+                    state=JobState.KILLED,
+                    ended_at=time.time(),
+                    reason=f"cancelled by uid {env.uid}",
+                    exit={"aborted": True, "cancelled": True},
+                ),
+                "cancelled",
+                by=env.uid,
+            )
+            return self.view(job)
+        await self._on_node(job, m.AgentSignal(job=job.id, signal=body.signal), env.id)
+        self.store.add_job_event(
+            job.id, "signal", {"signal": body.signal, "by": env.uid}
+        )
+        return self.view(job)
+
+    async def _freeze(
+        self, env: m.Envelope, job_id: int, frozen: bool
+    ) -> dict[str, Any]:
+        job = self._owned(env, job_id)
+        want_from = JobState.RUNNING if frozen else JobState.SUSPENDED
+        if job.state is not want_from:
+            raise Conflict(f"job {job.id} is {job.state.value}, not {want_from.value}")
+        await self._on_node(job, m.AgentFreeze(job=job.id, frozen=frozen), env.id)
+        state = JobState.SUSPENDED if frozen else JobState.RUNNING
+        return self.view(self._save(job.but(state=state), state.value, by=env.uid))
+
+    async def on_suspend(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobSuspend)
+        return await self._freeze(env, body.job, True)
+
+    async def on_resume(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobResume)
+        return await self._freeze(env, body.job, False)
+
+    async def on_hold(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobHold)
+        job = self._owned(env, body.job)
+        if job.state is not JobState.QUEUED:
+            raise Conflict(
+                f"job {job.id} is {job.state.value}: only queued jobs can be held"
+            )
+        return self.view(self._save(job.but(state=JobState.HELD), "held", by=env.uid))
+
+    async def on_release(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobRelease)
+        job = self._owned(env, body.job)
+        if job.state is not JobState.HELD:
+            raise Conflict(f"job {job.id} is {job.state.value}, not held")
+        job = self._save(job.but(state=JobState.QUEUED), "released", by=env.uid)
+        self.spawn(self._place_and_start(job, cause=env.id))
+        return self.view(job)
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    async def on_checkpoint(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobCheckpoint)
+        job = self._owned(env, body.job)
+        return asdict(await self.checkpoint(job, stop=body.stop, cause=env.id))
+
+    async def checkpoint(
+        self, job: JobRecord, *, stop: bool, cause: str
+    ) -> CheckpointRecord:
+        if job.state not in (JobState.RUNNING, JobState.SUSPENDED):
+            raise Conflict(
+                f"job {job.id} is {job.state.value}: only running jobs are checkpointed"
+            )
+        if job.id in self._busy:
+            raise Conflict(f"job {job.id} has a checkpoint or restart under way")
+        self._busy.add(job.id)
+        try:
+            return await self._checkpoint(job, stop, cause)
+        finally:
+            self._busy.discard(job.id)
+
+    async def _checkpoint(
+        self, job: JobRecord, stop: bool, cause: str
+    ) -> CheckpointRecord:
+        node = self._node(job.node)
+        others = [
+            n
+            for n in self.store.nodes()
+            if n.name != node.name and n.state in (NodeState.ONLINE, NodeState.DRAINING)
+        ]
+        replicas = [endpoint(n) for n in others[:1]]  # at least one other node
+        seq = len(self.store.checkpoints(job.id)) + 1
+        ckpt_id = f"{job.id}-{seq}-{int(time.time())}"
+        try:
+            done = await self.peers.call(
+                node,
+                m.AgentDump(
+                    job=job.id, checkpoint=ckpt_id, stop=stop, replicas=replicas
+                ),
+                timeout=DUMP_TIMEOUT,
+                cause=cause,
+            )
+        except SsiError as e:
+            why = f"checkpoint failed: {e}"
+            self._save(job.but(reason=why), "checkpoint-failed", error=str(e))
+            raise
+        holders = [node.name, *done.get("replicated_to", [])]
+        ckpt = CheckpointRecord(
+            ckpt_id,
+            job.id,
+            node.name,
+            holders,
+            time.time(),
+            int(done.get("size", 0)),
+            stop,
+            dict(done),
+        )
+        self.store.put_checkpoint(ckpt)
+        note = "" if len(holders) > 1 else " (not replicated: no other node online)"
+        job = self._job(job.id)
+        if stop:
+            job = job.but(state=JobState.STOPPED)
+        self._save(
+            job.but(reason=f"checkpoint {ckpt_id} taken{note}"),
+            "checkpointed",
+            checkpoint=ckpt_id,
+            holders=holders,
+            stop=stop,
+            seconds=done.get("seconds"),
+            size=ckpt.size,
+        )
+        await self._retain(job.id)
+        return ckpt
+
+    async def _retain(self, job_id: int) -> None:
+        """Keep the last few checkpoints of a job; drop the older copies everywhere."""
+        keep = self.cfg.cluster.ckpt_keep
+        for old in self.store.checkpoints(job_id)[:-keep]:
+            for holder in old.holders:
+                rec = self.store.node(holder)
+                if rec is not None and rec.state is not NodeState.LOST:
+                    with contextlib.suppress(SsiError):
+                        await self.peers.call(
+                            rec,
+                            m.AgentForget(job=job_id, checkpoints=[old.id]),
+                            timeout=30.0,
+                        )
+            self.store.delete_checkpoint(old.id)
+
+    async def on_checkpoints(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
+        body = env.body
+        assert isinstance(body, m.JobCheckpoints)
+        self._job(body.job)
+        return [asdict(c) for c in self.store.checkpoints(body.job)]
+
+    async def _periodic_checkpoints(self) -> None:
+        last: dict[int, float] = {}
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for job in self.store.jobs():
+                if job.ckpt_every <= 0 or job.state is not JobState.RUNNING:
+                    continue
+                if job.id not in last:
+                    ckpts = self.store.checkpoints(job.id)
+                    last[job.id] = (
+                        ckpts[-1].taken_at if ckpts else (job.started_at or now)
+                    )
+                if now - last[job.id] >= job.ckpt_every and job.id not in self._busy:
+                    last[job.id] = now
+                    self.spawn(self._quiet_checkpoint(job))
+
+    async def _quiet_checkpoint(self, job: JobRecord) -> None:
+        with contextlib.suppress(SsiError):  # the failure is on the job's record
+            await self.checkpoint(job, stop=False, cause="periodic")
+
+    # --- restart ----------------------------------------------------------------------
+
+    async def on_restart(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobRestart)
+        job = self._owned(env, body.job)
+        if job.state.live:
+            raise Conflict(
+                f"job {job.id} is {job.state.value} on {job.node}: checkpoint it with "
+                "--stop first (or migrate it)"
+            )
+        if body.node:
+            self._node(body.node)
+        job = await self.restart(
+            job, checkpoint=body.checkpoint, node=body.node, cause=env.id
+        )
+        return self.view(job)
+
+    async def restart(
+        self,
+        job: JobRecord,
+        *,
+        checkpoint: str = "",
+        node: str = "",
+        cause: str,
+        exclude: tuple[str, ...] = (),
+    ) -> JobRecord:
+        ckpts = self.store.checkpoints(job.id)
+        if checkpoint:
+            ckpts = [c for c in ckpts if c.id == checkpoint]
+            if not ckpts:
+                raise NotFound(f"job {job.id} has no checkpoint {checkpoint!r}")
+        if not ckpts:
+            raise Conflict(f"job {job.id} has no checkpoint to restart from")
+        if job.id in self._busy:
+            raise Conflict(f"job {job.id} has a checkpoint or restart under way")
+        self._busy.add(job.id)
+        try:
+            return await self._restart(job, list(reversed(ckpts)), node, cause, exclude)
+        finally:
+            self._busy.discard(job.id)
+
+    async def _restart(
+        self,
+        job: JobRecord,
+        ckpts: list[CheckpointRecord],
+        want: str,
+        cause: str,
+        exclude: tuple[str, ...],
+    ) -> JobRecord:
+        spec = dict(job.spec, node=want)
+        placement = self.placer.place(
+            self.store.nodes(),
+            self.load,
+            self.running_per_node(),
+            want=want,
+            exclude=exclude,
+        )
+        if placement.node is None:
+            raise Conflict(f"job {job.id} cannot restart: {placement.reason}")
+        target = self._node(placement.node)
+        job = self._save(
+            job.but(
+                state=JobState.RESTARTING, node=target.name, reason=placement.reason
+            ),
+            "restarting",
+            node=target.name,
+        )
+        errors = []
+        for ckpt in ckpts:  # newest first: fall back to older ones if one is damaged
+            holders = [
+                endpoint(n)
+                for h in ckpt.holders
+                if (n := self.store.node(h)) is not None
+                and n.state is not NodeState.LOST
+            ]
+            try:
+                done = await self.peers.call(
+                    target,
+                    m.AgentRestore(
+                        job=job.id, checkpoint=ckpt.id, spec=spec, holders=holders
+                    ),
+                    timeout=DUMP_TIMEOUT,
+                    cause=cause,
+                )
+            except SsiError as e:
+                errors.append(f"{ckpt.id}: {e}")
+                self.store.add_job_event(
+                    job.id, "restore-failed", {"checkpoint": ckpt.id, "error": str(e)}
+                )
+                continue
+            return self._save(
+                job.but(
+                    state=JobState.RUNNING,
+                    started_at=job.started_at or time.time(),
+                    reason=f"restarted on {target.name} from {ckpt.id}",
+                ),
+                "restarted",
+                node=target.name,
+                checkpoint=ckpt.id,
+                fetched_from=done.get("fetched_from"),
+                seconds=done.get("seconds"),
+            )
+        why = "; ".join(errors)
+        self._save(
+            job.but(
+                state=JobState.FAILED,
+                ended_at=time.time(),
+                reason=f"no checkpoint could be restored: {why}",
+            ),
+            "restart-failed",
+            errors=errors,
+        )
+        raise Conflict(f"job {job.id}: no checkpoint could be restored: {why}")
+
+    # --- node events ------------------------------------------------------------------
+
+    async def on_node_event(self, event: NodeEvent) -> None:
+        if event.kind in (NodeEventKind.LOST, NodeEventKind.EVICTED):
+            for job in self.store.jobs():
+                if job.node == event.node and job.state.live:
+                    self.spawn(self._recover(job, event))
+        elif event.kind in (
+            NodeEventKind.ADDED,
+            NodeEventKind.RESUMED,
+            NodeEventKind.RETURNED,
+        ):
+            self.spawn(self.retry_queued())
+
+    async def _recover(self, job: JobRecord, event: NodeEvent) -> None:
+        why = f"node {event.node} {event.kind.value} ({event.cause})"
+        if not self.store.checkpoints(job.id):
+            self._save(
+                job.but(
+                    state=JobState.FAILED,
+                    ended_at=time.time(),
+                    reason=f"{why}; it had no checkpoint",
+                    exit={"aborted": True, "lost": True},
+                ),
+                "lost",
+                node=event.node,
+            )
+            return
+        self.store.add_job_event(job.id, "lost", {"node": event.node})
+        try:
+            await self.restart(job, cause=f"lost:{event.node}", exclude=(event.node,))
+        except SsiError as e:
+            log.error("job %d could not be recovered after %s: %s", job.id, why, e)
