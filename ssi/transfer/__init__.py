@@ -1,0 +1,40 @@
+"""ssi.transfer: bulk data (checkpoint images, dumps) between nodes, on its own
+CURVE socket, never through the control channel.
+
+    node A                                             node B (ssid)
+    send_dir(src, name) ──PUT/DATA…/END──▶ BulkServer ─▶ policy.incoming(name) → path
+    send_stream(items)  ──(files as produced)──▶        Staging: .path.partial-x/
+    fetch_dir(name, dest) ◀──DATA…/END── BulkServer ◀─ policy.outgoing(name)
+                         ◀── CREDIT (receiver → sender: one per chunk written) ──
+
+Chunks of `Options.chunk_size` (1 MiB), at most `Options.window` (8) in flight: the
+memory of both sides is bounded whatever the size. Every file's sha256 is checked on
+arrival; the receiver renames the directory into place only when all files are
+verified and fsync'ed, so a failed or interrupted transfer leaves nothing that looks
+complete. protocol.py has the frames; engine.py the sender and receiver halves;
+files.py the disk side; link.py the sockets; server.py and client.py the two ends.
+"""
+
+from ssi.transfer.client import fetch_dir, send_dir, send_stream
+from ssi.transfer.engine import Progress, TransferStats
+from ssi.transfer.errors import ChecksumMismatch, NoSpace, PeerGone, TransferError
+from ssi.transfer.files import sweep_partials
+from ssi.transfer.protocol import Options
+from ssi.transfer.server import BulkPolicy, BulkServer, RootDirs
+
+__all__ = [
+    "BulkPolicy",
+    "BulkServer",
+    "ChecksumMismatch",
+    "NoSpace",
+    "Options",
+    "PeerGone",
+    "Progress",
+    "RootDirs",
+    "TransferError",
+    "TransferStats",
+    "fetch_dir",
+    "send_dir",
+    "send_stream",
+    "sweep_partials",
+]

@@ -1,0 +1,260 @@
+"""The client side: push a directory, push a stream, fetch a directory.
+
+    send_dir(src) ──PUT──▶ server                 fetch_dir(dest) ──GET──▶ server
+      list_files → dir_chunks → send_chunks         Staging(dest) ← receive_chunks
+    send_stream(items) ──PUT(stream)──▶ server
+      stream_chunks → send_chunks
+
+Each call opens its own connection (a DEALER socket, CURVE with our key pair and the
+server's public key) and closes it when done. On any failure the peer is told (ERR)
+so that it drops what it received; a fetch leaves nothing at `dest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ssi.proto.errors import MalformedMessage
+from ssi.rpc.keys import KeyPair
+from ssi.transfer import files as fs
+from ssi.transfer import protocol as p
+from ssi.transfer.engine import (
+    Progress,
+    TransferStats,
+    dir_chunks,
+    receive_chunks,
+    send_chunks,
+    stream_chunks,
+)
+from ssi.transfer.errors import PeerGone
+from ssi.transfer.link import ClientLink, Gone
+
+__all__ = ["send_dir", "send_stream", "fetch_dir"]
+
+Buffer = bytes | bytearray | memoryview
+
+
+class _Session:
+    """A connected ClientLink plus a worker thread pool, for one transfer."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context | None,
+        endpoint: str,
+        server_key: bytes | str,
+        keypair: KeyPair,
+        options: p.Options,
+    ) -> None:
+        self._own_ctx = ctx is None
+        # A context of our own gives the transfer its own I/O thread for CURVE.
+        self.ctx = ctx if ctx is not None else zmq.asyncio.Context(io_threads=1)
+        self.link = ClientLink(self.ctx, endpoint, server_key, keypair, options)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssi-bulk")
+        self.started = asyncio.get_running_loop().time()
+
+    async def run_io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if kw:
+            return await loop.run_in_executor(self.pool, lambda: fn(*args, **kw))
+        return await loop.run_in_executor(self.pool, fn, *args)
+
+    def stats(self, files: int, nbytes: int) -> TransferStats:
+        elapsed = asyncio.get_running_loop().time() - self.started
+        return TransferStats(nbytes, files, elapsed, self.link.peer)
+
+    async def close(self) -> None:
+        await self.link.close()
+        self.pool.shutdown(wait=False)
+        if self._own_ctx:
+            await asyncio.to_thread(self.ctx.term)
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    ctx: zmq.asyncio.Context | None,
+    endpoint: str,
+    server_key: bytes | str,
+    keypair: KeyPair,
+    options: p.Options,
+) -> AsyncIterator[_Session]:
+    s = _Session(ctx, endpoint, server_key, keypair, options)
+    try:
+        await s.link.open()
+        yield s
+    except BaseException as e:
+        await s.link.fail(e)
+        raise
+    finally:
+        await s.close()
+
+
+async def _first(s: _Session, want: type[Any]) -> Any:
+    """The server's answer to our first message."""
+    try:
+        msg = await s.link.recv()
+    except Gone as e:
+        raise PeerGone(
+            f"peer {s.link.peer} gone before the transfer started: {e}",
+            details={"peer": s.link.peer},
+        ) from None
+    if not isinstance(msg.header, want):
+        raise MalformedMessage(
+            f"{s.link.peer} answered {type(msg.header).__name__}, not {want.__name__}"
+        )
+    return msg.header
+
+
+async def send_dir(
+    endpoint: str,
+    server_key: bytes | str,
+    keypair: KeyPair,
+    src: Path,
+    dest_name: str,
+    *,
+    progress: Progress | None = None,
+    checksums: Mapping[str, str] | None = None,
+    options: p.Options | None = None,
+    ctx: zmq.asyncio.Context | None = None,
+) -> TransferStats:
+    """Push the directory `src` (regular files, recursively) to the BulkServer at
+    `endpoint`, which stores it where its policy puts `dest_name`; returns once the
+    server has verified every file's sha256 and renamed the directory into place.
+
+    `checksums` (relative path → sha256 hex, e.g. a checkpoint manifest's) saves
+    hashing here: the server checks the data against those digests, so a file
+    damaged on this disk since the manifest was written is refused too.
+
+    Errors (SsiError): Denied (our key or the name refused), Unavailable (server
+    unreachable), Conflict (the name exists there), NoSpace, ChecksumMismatch,
+    PeerGone (the server died mid-transfer; nothing complete is left there),
+    BadRequest (`src` holds something other than files and directories).
+    """
+    opts = options or p.Options()
+    p.check_name(dest_name)
+    files = await asyncio.to_thread(fs.list_files, Path(src))
+    total = sum(f.size for f in files)
+    async with _session(ctx, endpoint, server_key, keypair, opts) as s:
+        await s.link.send(
+            p.Put(p.VERSION, dest_name, False, opts.chunk_size, len(files), total)
+        )
+        accept: p.Accept = await _first(s, p.Accept)
+        window = _window(accept.window)
+        pool = fs.BufferPool(_chunk(accept.chunk), window + 2)
+        chunks = dir_chunks(files, pool, s.run_io, checksums)
+        try:
+            nfiles, nbytes = await send_chunks(
+                s.link,
+                chunks,
+                credit=window,
+                progress=progress,
+                total=total,
+                release=pool.put,
+            )
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        return s.stats(nfiles, nbytes)
+
+
+async def send_stream(
+    endpoint: str,
+    server_key: bytes | str,
+    keypair: KeyPair,
+    items: AsyncIterable[tuple[str, Buffer, bool]],
+    dest_name: str,
+    *,
+    progress: Progress | None = None,
+    options: p.Options | None = None,
+    ctx: zmq.asyncio.Context | None = None,
+) -> TransferStats:
+    """Push files as they are produced: `items` yields (relative path, data,
+    is_last) pieces, files possibly interleaved, each file ending with one piece
+    whose is_last is true (its data may be empty). Data is sent without a copy: do
+    not change a buffer after yielding it. The server commits the directory as
+    `dest_name` when the iterator ends with every file finished; if the iterator
+    raises, or ends with a file unfinished (BadRequest), the server keeps nothing.
+    Files arrive with mode 0600. Same errors as `send_dir`.
+    """
+    opts = options or p.Options()
+    p.check_name(dest_name)
+    async with _session(ctx, endpoint, server_key, keypair, opts) as s:
+        await s.link.send(p.Put(p.VERSION, dest_name, True, opts.chunk_size))
+        accept: p.Accept = await _first(s, p.Accept)
+        chunks = stream_chunks(items, _chunk(accept.chunk), s.run_io)
+        try:
+            nfiles, nbytes = await send_chunks(
+                s.link, chunks, credit=_window(accept.window), progress=progress
+            )
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        return s.stats(nfiles, nbytes)
+
+
+async def fetch_dir(
+    endpoint: str,
+    server_key: bytes | str,
+    keypair: KeyPair,
+    name: str,
+    dest: Path,
+    *,
+    progress: Progress | None = None,
+    checksums: Mapping[str, str] | None = None,
+    options: p.Options | None = None,
+    ctx: zmq.asyncio.Context | None = None,
+) -> TransferStats:
+    """Pull the directory the server's policy serves as `name` into `dest` (which
+    must not exist; its parent is created). Files are written under a partial name
+    beside `dest`, verified (sha256) and made durable, then renamed to `dest`: on any
+    error nothing is left at `dest`. With `checksums` (relative path → sha256 hex,
+    e.g. from a checkpoint manifest) each file must also match its digest there,
+    and every file named there must come.
+
+    Errors: NotFound or Denied (from the server's policy), Conflict (`dest` exists),
+    NoSpace (checked against the announced size before any byte, and while
+    writing), ChecksumMismatch, PeerGone, Unavailable.
+    """
+    opts = options or p.Options()
+    p.check_name(name)
+    dest = Path(dest)
+    async with _session(ctx, endpoint, server_key, keypair, opts) as s:
+        await s.link.send(p.Get(p.VERSION, name, opts.window, opts.chunk_size))
+        manifest: p.Manifest = await _first(s, p.Manifest)
+        staging: fs.Staging = await s.run_io(
+            lambda: fs.Staging(dest, expected_bytes=manifest.bytes, checksums=checksums)
+        )
+        committed = False
+        try:
+            nfiles, nbytes = await receive_chunks(
+                s.link,
+                staging,
+                window=opts.window,
+                run_io=s.run_io,
+                progress=progress,
+                total=manifest.bytes,
+            )
+            committed = True
+        finally:
+            if not committed:
+                await asyncio.shield(s.run_io(staging.abort))
+        with contextlib.suppress(Exception):  # the data is here and verified
+            await s.link.send(p.Done(nfiles, nbytes))
+        return s.stats(nfiles, nbytes)
+
+
+def _chunk(n: int) -> int:
+    if not 4096 <= n <= p.MAX_CHUNK:
+        raise MalformedMessage(f"server asked for chunks of {n} bytes")
+    return n
+
+
+def _window(n: int) -> int:
+    if not 1 <= n <= p.MAX_WINDOW:
+        raise MalformedMessage(f"server granted a window of {n}")
+    return n
