@@ -364,9 +364,14 @@ def sweep_partials(root: Path) -> list[Path]:
     removed: list[Path] = []
     if not root.is_dir():
         return removed
-    for d in [root, *(p for p in root.iterdir() if p.is_dir())]:
-        for p in d.iterdir():
-            if p.name.startswith(".") and PARTIAL_MARK in p.name and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
+
+    def is_partial(p: Path) -> bool:
+        return p.name.startswith(".") and PARTIAL_MARK in p.name and p.is_dir()
+
+    level1 = list(root.iterdir())
+    level2 = [q for d in level1 if d.is_dir() and not is_partial(d) for q in d.iterdir()]
+    for p in level1 + level2:
+        if is_partial(p):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
     return removed
