@@ -2,11 +2,11 @@
 
 Contention = io_weight x (disk busy fraction + PSI io some avg10 / 100)
            + net_weight x (rx + tx) / link capacity (when known)
-           + load_weight x normalised CPU load.
-Nodes whose disk is busy at or above `max_io_busy` are filtered out. Example: node a
-(disk 80% busy, PSI io 30%, load 0.1) scores 0.8 + 0.3 + 0.5 x 0.1 = 1.15; node b
-(disk 10% busy, PSI io 1%, load 0.9) scores 0.1 + 0.01 + 0.45 = 0.56: b wins, since
-an idle CPU is of little use behind a saturated disk. Never migrates.
+           + load_weight x (CPU load + 1) / capacity.
+Nodes whose disk is busy at or above `max_io_busy` are filtered out. Example, nodes
+of capacity 4: a (disk 80% busy, PSI io 30%, load 0) scores 0.8 + 0.3 + 0.5 x 0.25 =
+1.225; b (disk 10% busy, PSI io 1%, load 3) scores 0.1 + 0.01 + 0.5 = 0.61: b wins,
+since an idle CPU is of little use behind a saturated disk. Never migrates.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class IoAware(PolicyBase):
             if node.net_capacity_bps > 0
             else 0.0
         )
-        return io, net, cluster.norm_load(node.name)
+        load = (cluster.load(node.name) + 1.0) / max(node.capacity, 1e-9)
+        return io, net, load
 
     def index_key(self, cluster: ClusterView, node: str) -> float | None:
         io, net, load = self._parts(cluster, cluster.nodes[node])
