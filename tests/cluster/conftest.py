@@ -18,6 +18,7 @@ import pytest
 
 from ssi.local import LocalCluster
 from ssi.local import procs as local_procs
+from ssi.local.ssids import LocalSsiCluster
 from ssi.local.testing import (
     free_subnet,
     leftovers,
@@ -32,6 +33,7 @@ __all__ = [
     "leftovers_of",
     "needs_root",
     "netns_cluster",
+    "ssi_cluster",
     "unique_prefix",
     "wait_for",
 ]
@@ -69,4 +71,35 @@ def netns_cluster() -> Iterator[Callable[..., LocalCluster]]:
         left = leftovers(cluster.prefix, ids)
         if left:
             problems.append(f"{cluster.prefix}: {', '.join(left)}")
+    assert not problems, f"local clusters leaked: {'; '.join(problems)}"
+
+
+HB_INTERVAL, HB_TIMEOUT = 0.25, 1.5  # fast failure detection for tests
+
+
+@pytest.fixture
+def ssi_cluster() -> Iterator[Callable[..., LocalSsiCluster]]:
+    """Factory: `ssi_cluster(3)` returns a formed cluster of 3 nodes, an ssid in each
+    (node1 coordinator), heartbeats every 0.25 s, lost after 1.5 s. Torn down after
+    the test, which fails if anything of it leaked."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    made: list[LocalSsiCluster] = []
+
+    def factory(size: int = 3, **kw: Any) -> LocalSsiCluster:
+        kw.setdefault("heartbeat_interval", HB_INTERVAL)
+        kw.setdefault("heartbeat_timeout", HB_TIMEOUT)
+        kw.setdefault("log_level", "debug")
+        c = LocalSsiCluster(size, prefix=unique_prefix(), subnet=free_subnet(), **kw)
+        made.append(c)
+        return c.up()
+
+    yield factory
+
+    problems = []
+    for c in made:
+        c.down()
+        left = leftovers(c.prefix)
+        if left:
+            problems.append(f"{c.prefix}: {', '.join(left)}")
     assert not problems, f"local clusters leaked: {'; '.join(problems)}"

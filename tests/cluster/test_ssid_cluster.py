@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,27 +23,12 @@ from ssi.rpc.keys import KeyPair
 from ssi.rpc.local import LocalClient
 from ssi.rpc.zmq_rpc import RpcClient
 
-from .conftest import free_subnet, leftovers_of, unique_prefix
-
-HB_INTERVAL, HB_TIMEOUT = 0.25, 1.5
+from .conftest import HB_TIMEOUT, free_subnet, leftovers_of, unique_prefix
 
 
 @pytest.fixture
-def cluster() -> Iterator[LocalSsiCluster]:
-    prefix = unique_prefix()
-    c = LocalSsiCluster(
-        3,
-        prefix=prefix,
-        subnet=free_subnet(),
-        heartbeat_interval=HB_INTERVAL,
-        heartbeat_timeout=HB_TIMEOUT,
-        log_level="debug",
-    )
-    try:
-        yield c.up()
-    finally:
-        c.down()
-    assert leftovers_of(prefix) == []
+def cluster(ssi_cluster: Callable[..., LocalSsiCluster]) -> LocalSsiCluster:
+    return ssi_cluster(3)
 
 
 def states(c: LocalSsiCluster) -> dict[str, str]:
