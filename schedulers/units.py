@@ -47,6 +47,8 @@ def parse_duration(text: str) -> float:
                 f"expected a duration such as 30s, 2h or 1h30m, got {text!r}"
             )
         number, unit = m.groups()
+        if unit is None and pos > 0:
+            raise ValueError(f"a unit is missing after {number!r} in {text!r}")
         if unit is None and m.end() != len(s):
             raise ValueError(
                 f"unknown unit {s[m.end() :]!r} in {text!r} (use ms, s, m, h or d)"
