@@ -1,0 +1,33 @@
+"""The node-local job runtime: jobs in their own namespaces and cgroup, checkpointed
+and restored with CRIU.
+
+    ssid ──▶ JobRuntime ─┬─ start ──▶ kernel_shim.spawn ──▶ ssi-init (the job's PID 1)
+                         │                                  └─▶ the command, as the user
+                         ├─ cgroups.py: <base>/<job_id>, v1 or v2 (freezer, accounting)
+                         ├─ checkpoint/restore ──▶ ssi.checkpoint.Criu + manifest.py
+                         └─ adopt: job.json + cgroup scan + pidfds after an ssid restart
+
+model.py: JobSpec, ExitStatus, JobStats, JobRecord. errors.py: CorruptCheckpoint,
+CheckpointFailed. procfs.py: what /proc says about a job's processes.
+"""
+
+from ssi.jobs.errors import CheckpointFailed, CorruptCheckpoint
+from ssi.jobs.manifest import ImageFile, Manifest, verify
+from ssi.jobs.model import ExitStatus, JobRecord, JobSpec, JobState, JobStats
+from ssi.jobs.runtime import JobRuntime, LocalJob, init_binary
+
+__all__ = [
+    "CheckpointFailed",
+    "CorruptCheckpoint",
+    "ExitStatus",
+    "ImageFile",
+    "JobRecord",
+    "JobRuntime",
+    "JobSpec",
+    "JobState",
+    "JobStats",
+    "LocalJob",
+    "Manifest",
+    "init_binary",
+    "verify",
+]

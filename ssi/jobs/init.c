@@ -1,6 +1,20 @@
 /* ssi-init: PID 1 of every job's PID namespace.
  *
- *   ssi-init [--status-file PATH] [--] CMD [ARGS...]
+ *   ssi-init [--status-file PATH] [--stdin PATH] [--stdout PATH] [--stderr PATH]
+ *            [--sync-fd N] [--] CMD [ARGS...]
+ *
+ * --stdin/--stdout/--stderr: files opened by the init itself, as whoever it runs as (the
+ * job's user: never a path opened by root on the user's behalf), before anything else;
+ * output files are created 0644 (less the umask) and appended to. They become fds 0-2
+ * of the init and of CMD. If one cannot be opened, the init exits 125 and its status
+ * file says why ("setup_error").
+ *
+ * --sync-fd N: the runtime's end of a socket (or pipe pair) inherited as fd N. Once its
+ * stdio is open the init writes "ok\n" (or "error: WHY\n") there, then waits for one
+ * byte "G" before it starts CMD, so that the runtime can first put it in the job's
+ * cgroup: every process of the job is then born there. EOF instead of "G" (the runtime
+ * died or gave up) ends the init with 125 and CMD never runs. N is closed before CMD
+ * starts, so the job holds no fd of the runtime.
  *
  * Starts CMD as its child (same session and process group), then loops: reaps every
  * child and orphan, forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the main
@@ -34,7 +48,8 @@ static const int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 };
 
 static void usage(FILE *f)
 {
-    fputs("usage: ssi-init [--status-file PATH] [--] CMD [ARGS...]\n"
+    fputs("usage: ssi-init [--status-file PATH] [--stdin PATH] [--stdout PATH]\n"
+          "                [--stderr PATH] [--sync-fd N] [--] CMD [ARGS...]\n"
           "Run CMD as the job's main process; reap, forward signals, exit with its status.\n",
           f);
 }
@@ -66,11 +81,28 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
+/* Append `src` to dst[*n..size) as the inside of a JSON string; truncates quietly. */
+static void json_str(char *dst, size_t size, int *n, const char *src)
+{
+    for (; *src && (size_t)*n + 8 < size; src++) {
+        unsigned char c = (unsigned char)*src;
+        if (c == '"' || c == '\\')
+            *n += snprintf(dst + *n, size - *n, "\\%c", c);
+        else if (c < 0x20)
+            *n += snprintf(dst + *n, size - *n, "\\u%04x", c);
+        else
+            dst[(*n)++] = (char)c;
+    }
+    dst[*n] = '\0';
+}
+
+static char setup_error[1024];  /* why the job could not start, for the status file */
+
 /* One JSON line, written to PATH.tmp then renamed, so readers never see half of it. */
 static void write_status(const char *path, int status, int exec_errno, double started)
 {
     struct rusage ru;
-    char line[512], tmp[4096];
+    char line[2048], tmp[4096];
     int n, fd;
 
     memset(&ru, 0, sizeof ru);
@@ -83,6 +115,11 @@ static void write_status(const char *path, int status, int exec_errno, double st
     if (exec_errno)
         n += snprintf(line + n, sizeof line - n, ", \"exec_errno\": %d, \"exec_error\": \"%s\"",
                       exec_errno, strerror(exec_errno));
+    if (setup_error[0]) {
+        n += snprintf(line + n, sizeof line - n, ", \"setup_error\": \"");
+        json_str(line, sizeof line - 256, &n, setup_error);
+        n += snprintf(line + n, sizeof line - n, "\"");
+    }
     n += snprintf(line + n, sizeof line - n,
                   ", \"utime\": %.3f, \"stime\": %.3f, \"maxrss_kb\": %ld"
                   ", \"started\": %.3f, \"ended\": %.3f}\n",
@@ -134,6 +171,75 @@ static pid_t start_main(char **cmd, const sigset_t *orig_mask, int *exec_errno)
     return pid;
 }
 
+/* Open the job's stdio files as ourselves and make them fds 0-2; on failure, fill
+   setup_error and return -1. Same path for stdout and stderr: one open file. */
+static int open_stdio(const char *paths[3])
+{
+    static const char *names[3] = { "--stdin", "--stdout", "--stderr" };
+    int fds[3] = { -1, -1, -1 };
+
+    for (int k = 0; k < 3; k++) {
+        if (!paths[k])
+            continue;
+        if (k == 2 && paths[1] && !strcmp(paths[1], paths[2])) {
+            fds[2] = fds[1];
+            continue;
+        }
+        int flags = k == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_APPEND;
+        do
+            fds[k] = open(paths[k], flags | O_CLOEXEC | O_NOCTTY, 0644);
+        while (fds[k] < 0 && errno == EINTR);
+        if (fds[k] < 0) {
+            snprintf(setup_error, sizeof setup_error, "%s %s: %s", names[k], paths[k],
+                     strerror(errno));
+            return -1;
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        if (fds[k] < 0)
+            continue;
+        if (dup2(fds[k], k) < 0) {
+            snprintf(setup_error, sizeof setup_error, "dup2(%s): %s", names[k],
+                     strerror(errno));
+            return -1;
+        }
+    }
+    for (int k = 0; k < 3; k++)
+        if (fds[k] > 2 && (k < 2 || fds[k] != fds[1]))
+            close(fds[k]);
+    return 0;
+}
+
+/* Tell the runtime how the setup went, then wait for its "G" (it has put us in the
+   job's cgroup). Returns 0 to go on, -1 if the runtime refused or went away. */
+static int sync_with_runtime(int fd, int setup_ok)
+{
+    char msg[1100], go = 0;
+    int n;
+    ssize_t r;
+
+    if (setup_ok)
+        n = snprintf(msg, sizeof msg, "ok\n");
+    else
+        n = snprintf(msg, sizeof msg, "error: %s\n", setup_error);
+    if (n >= (int)sizeof msg)
+        n = sizeof msg - 1;
+    write_all(fd, msg, (size_t)n);
+    if (!setup_ok) {
+        close(fd);
+        return -1;
+    }
+    do
+        r = read(fd, &go, 1);
+    while (r < 0 && errno == EINTR);
+    close(fd);
+    if (r == 1 && go == 'G')
+        return 0;
+    snprintf(setup_error, sizeof setup_error,
+             "the runtime went away before the job was placed in its cgroup");
+    return -1;
+}
+
 static pid_t main_pid;
 static int main_alive, main_status;
 
@@ -175,6 +281,8 @@ static void forward(int sig, const siginfo_t *si)
 int main(int argc, char **argv)
 {
     const char *status_file = NULL;
+    const char *stdio_paths[3] = { NULL, NULL, NULL };
+    int sync_fd = -1;
     sigset_t set, orig;
     siginfo_t si;
     int i, exec_errno = 0;
@@ -193,6 +301,23 @@ int main(int argc, char **argv)
             status_file = argv[i];
         } else if (!strncmp(a, "--status-file=", 14)) {
             status_file = a + 14;
+        } else if (!strcmp(a, "--stdin") || !strcmp(a, "--stdout") ||
+                   !strcmp(a, "--stderr") || !strcmp(a, "--sync-fd")) {
+            if (++i == argc) {
+                usage(stderr);
+                return 125;
+            }
+            if (!strcmp(a, "--sync-fd")) {
+                char *end;
+                long v = strtol(argv[i], &end, 10);
+                if (*argv[i] == '\0' || *end != '\0' || v < 3 || v > 65535) {
+                    fprintf(stderr, "ssi-init: bad --sync-fd %s\n", argv[i]);
+                    return 125;
+                }
+                sync_fd = (int)v;
+            } else {
+                stdio_paths[!strcmp(a, "--stdin") ? 0 : !strcmp(a, "--stdout") ? 1 : 2] = argv[i];
+            }
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
@@ -210,6 +335,19 @@ int main(int argc, char **argv)
     if (i >= argc) {
         usage(stderr);
         return 125;
+    }
+
+    if (sync_fd >= 0)
+        fcntl(sync_fd, F_SETFD, FD_CLOEXEC);
+    {
+        int setup_ok = open_stdio(stdio_paths) == 0;
+        if (!setup_ok)
+            fprintf(stderr, "ssi-init: %s\n", setup_error);
+        if ((sync_fd >= 0 && sync_with_runtime(sync_fd, setup_ok) < 0) || !setup_ok) {
+            if (status_file)
+                write_status(status_file, 125 << 8, 0, started);
+            return 125;
+        }
     }
 
     /* Block before the fork so no signal meant for the job can slip past us. */

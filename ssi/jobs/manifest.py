@@ -1,0 +1,150 @@
+"""A checkpoint is a directory of CRIU images plus manifest.json, written last.
+
+    <ckpt>/manifest.json   Manifest: job id and spec, node, time, CRIU version, and
+                           size + sha256 of every other file but the CRIU logs
+    <ckpt>/*.img, stats-dump ...   CRIU's images
+    <ckpt>/dump.log        CRIU's log of the dump (not covered: informative only)
+
+verify(ckpt) checks every listed file's size then checksum and raises CorruptCheckpoint
+naming the first bad one, before CRIU reads anything. Files not in the manifest
+(restore.log, stats-restore written by a restore there) are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+
+from ssi.jobs.errors import CorruptCheckpoint
+from ssi.jobs.model import JobSpec
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+REQUIRED = ("inventory.img", "pstree.img")  # CRIU restores nothing without them
+_CHUNK = 1 << 20
+
+
+class ImageFile(msgspec.Struct, frozen=True):
+    size: int  # bytes
+    sha256: str  # hex
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    format: int = FORMAT
+    job_id: str
+    spec: JobSpec
+    node: str  # where the dump was taken
+    created: float  # unix time the dump ended
+    criu_version: str
+    leave_running: bool  # False: the job was stopped by this checkpoint
+    suspended: bool = False  # the job was suspended: a restore leaves it suspended
+    started: float  # unix time the job first started
+    cgroup: str  # the job's cgroup when dumped, e.g. "/ssi/17"
+    cgroup_version: int
+    dump_seconds: float  # CRIU's dump, freeze to images on disk
+    files: dict[str, ImageFile]  # name → size and checksum
+    total_bytes: int  # sum of the files' sizes
+
+    @property
+    def size(self) -> int:
+        return self.total_bytes
+
+    def checksums(self) -> dict[str, str]:
+        """name → sha256 of every covered file."""
+        return {name: f.sha256 for name, f in self.files.items()}
+
+
+def is_covered(name: str) -> bool:
+    """Whether a file of a checkpoint directory belongs in its manifest."""
+    return name != MANIFEST and not name.endswith((".log", ".tmp"))
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb", buffering=0) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def digest_files(directory: Path, names: Iterable[str]) -> dict[str, ImageFile]:
+    """Size and sha256 of each file, hashed on two threads (hashlib lets go of the
+    GIL), so a big pages image and the many small ones overlap."""
+    names = sorted(names)
+
+    def one(name: str) -> tuple[str, ImageFile]:
+        path = directory / name
+        size = path.stat().st_size
+        return name, ImageFile(size, sha256_file(path))
+
+    # Largest first, so the big pages file does not start last.
+    by_size = sorted(names, key=lambda n: -(directory / n).stat().st_size)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssi-sha") as pool:
+        return dict(sorted(pool.map(one, by_size)))
+
+
+def write(directory: Path, manifest: Manifest) -> None:
+    """Write manifest.json into `directory` (tmp + fsync + rename)."""
+    data = msgspec.json.format(msgspec.json.encode(manifest), indent=1) + b"\n"
+    tmp = directory / (MANIFEST + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, directory / MANIFEST)
+
+
+def read(ckpt: Path) -> Manifest:
+    """The manifest, decoded; CorruptCheckpoint if it is missing or unreadable."""
+    path = Path(ckpt)
+    if not path.is_dir():
+        raise CorruptCheckpoint(path, ".", "not a directory")
+    try:
+        raw = (path / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise CorruptCheckpoint(path, MANIFEST, "missing") from None
+    except OSError as e:
+        raise CorruptCheckpoint(path, MANIFEST, e.strerror or str(e)) from None
+    try:
+        m = msgspec.json.decode(raw, type=Manifest)
+    except msgspec.DecodeError as e:
+        raise CorruptCheckpoint(path, MANIFEST, f"unreadable: {e}") from None
+    if m.format > FORMAT:
+        raise CorruptCheckpoint(path, MANIFEST, f"format {m.format} is newer than ours")
+    return m
+
+
+def verify(ckpt: Path | str) -> Manifest:
+    """The checkpoint's manifest once every file it lists is there, of the listed size
+    and checksum; else CorruptCheckpoint naming the file and what is wrong with it."""
+    path = Path(ckpt)
+    m = read(path)
+    for req in REQUIRED:
+        if req not in m.files:
+            raise CorruptCheckpoint(path, req, "not in the manifest")
+    bad_names = [n for n in m.files if "/" in n or n in (".", "..", "") or n[0] == "."]
+    if bad_names:
+        raise CorruptCheckpoint(path, bad_names[0], "not a plain file name")
+    # Sizes first: cheap, and they catch truncation and missing files at once.
+    for name, f in m.files.items():
+        try:
+            size = (path / name).stat().st_size
+        except FileNotFoundError:
+            raise CorruptCheckpoint(path, name, "missing") from None
+        if size != f.size:
+            raise CorruptCheckpoint(
+                path, name, f"{size} bytes, the manifest says {f.size} (truncated?)"
+            )
+    if sum(f.size for f in m.files.values()) != m.total_bytes:
+        raise CorruptCheckpoint(path, MANIFEST, "total_bytes does not add up")
+    digests = digest_files(path, m.files)
+    for name, f in m.files.items():
+        if digests[name].sha256 != f.sha256:
+            raise CorruptCheckpoint(path, name, "sha256 mismatch (corrupt)")
+    return m

@@ -1,0 +1,889 @@
+"""JobRuntime: the jobs of one node. Synchronous and thread-safe; CRIU calls block.
+
+    start(id, spec) ──▶ cgroup <base>/<id> ──▶ spawn ssi-init (PID|IPC|UTS, the user,
+                        new session, no pdeathsig) ──▶ into the cgroup ──▶ "G" ──▶ CMD
+    LocalJob.pidfd readable ──▶ reap(id) ──▶ ExitStatus (the init's status file)
+    checkpoint(id, dest) ──▶ freeze ──▶ CRIU dump ──▶ sha256 + manifest ──▶ rename
+    restore(id, ckpt)    ──▶ verify ──▶ CRIU restore (our child) ──▶ same cgroup, PIDs
+
+On disk, so that a new runtime (after an ssid crash) adopts what runs and learns how
+the rest ended:
+
+    <root>/<job_id>/job.json          JobRecord (root only)
+    <root>/<job_id>/restore.log       CRIU's log of the last restore here
+    <status_dir>/<uid>/<job_id>.json  the init's status file, written as the job's user
+                                      at exit: the same path on every node, since a
+                                      restored init keeps its arguments
+
+Jobs run without a parent-death signal: they outlive ssid. Call set_child_subreaper()
+in the daemon so that restored inits, and jobs left by a crashed predecessor, are
+reaped by us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import select
+import shutil
+import signal as _signal
+import socket
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+import kernel_shim
+from kernel_shim import NsType, PidFd
+from ssi.checkpoint import CgroupMode, Criu, DumpOptions, RestoreOptions
+from ssi.jobs import manifest as mf
+from ssi.jobs import procfs
+from ssi.jobs.cgroups import Cgroups, check_name, detect, proc_cgroup
+from ssi.jobs.errors import CheckpointFailed
+from ssi.jobs.manifest import Manifest
+from ssi.jobs.model import ExitStatus, JobRecord, JobSpec, JobState, JobStats
+from ssi.proto.errors import BadRequest, Conflict, Internal, NotFound, Timeout
+
+log = logging.getLogger(__name__)
+
+JOB_NAMESPACES = NsType.PID | NsType.IPC | NsType.UTS
+DEFAULT_STATUS_DIR = Path("/run/ssi/job-status")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+# Signals ssi-init forwards to the main process (or, once it is gone, to every one).
+FORWARDED = frozenset(
+    {_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2}
+)
+_STATUS_MAX = 64 * 1024  # bytes of a status file we are willing to read
+
+
+def init_binary() -> Path:
+    """ssi-init as installed next to this package."""
+    return Path(__file__).resolve().parent / "bin" / "ssi-init"
+
+
+@dataclass(eq=False)
+class LocalJob:
+    """A job of this node, as the runtime sees it now (the runtime updates it).
+
+    pidfd: readable once the init has exited (asyncio: loop.add_reader(job.fileno(),
+    ...)); then call runtime.reap(job_id). None for a job that had ended before we saw
+    it (adopt) or once reaped. Owned by the runtime: never close it yourself, and stop
+    watching it before reap() or forget() closes it.
+    """
+
+    job_id: str
+    record: JobRecord
+    pidfd: PidFd | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.record.spec
+
+    @property
+    def state(self) -> JobState:
+        return self.record.state
+
+    @property
+    def init_pid(self) -> int:
+        return self.record.init_pid
+
+    @property
+    def pid(self) -> int:
+        """Host PID of the job's init (PID 1 inside)."""
+        return self.record.init_pid
+
+    @property
+    def running(self) -> bool:
+        """Alive here: starting, running or suspended (its pidfd is set)."""
+        return self.record.state.alive and self.pidfd is not None
+
+    @property
+    def exit(self) -> ExitStatus | None:
+        return self.record.exit
+
+    def fileno(self) -> int:
+        if self.pidfd is None:
+            raise ValueError(
+                f"job {self.job_id} has no pidfd (state {self.state.value})"
+            )
+        return self.pidfd.fd
+
+
+class JobRuntime:
+    """The jobs of one node under `root` (<state_dir>/jobs)."""
+
+    START_TIMEOUT = 10.0  # seconds for a new init to report its stdio open
+    EXIT_TIMEOUT = 10.0  # seconds for a killed job's init to go
+
+    def __init__(
+        self,
+        root: Path,
+        criu: Criu,
+        node: str,
+        *,
+        cgroups: Cgroups | None = None,
+        cgroup_base: str = "ssi",
+        status_dir: Path = DEFAULT_STATUS_DIR,
+        init: Path | None = None,
+    ) -> None:
+        """root: this node's job directory. cgroups: default detect(cgroup_base).
+        status_dir: where inits write their status files; must be the same path on
+        every node of the cluster and searchable by every user (0755 up to /)."""
+        self.root = Path(root)
+        self.criu = criu
+        self.node = node
+        self.cgroups = cgroups if cgroups is not None else detect(cgroup_base)
+        self.status_dir = Path(status_dir)
+        self.init = Path(init) if init is not None else init_binary()
+        if not os.access(self.init, os.X_OK):
+            raise Internal(f"job init {self.init} is missing: run scripts/setup.sh")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.status_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self._jobs: dict[str, LocalJob] = {}
+        self._lock = threading.Lock()
+        self._criu_version: str | None = None
+
+    # -- lookup ------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> LocalJob:
+        """The job, or NotFound."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(
+                f"no job {job_id} on node {self.node}", details={"job": job_id}
+            )
+        return job
+
+    def jobs(self) -> list[LocalJob]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    # -- start -------------------------------------------------------------------------
+
+    def start(self, job_id: str, spec: JobSpec) -> LocalJob:
+        """Start the job; returns once its command has been started (or raises).
+
+        BadRequest: a bad spec, a cwd the user cannot enter, a stdio file the user
+        cannot open (nothing of the job is left then). A command that cannot be
+        executed is the job's exit status (127/126), as in a shell."""
+        try:
+            check_name("job id", job_id)
+            spec.check()
+        except ValueError as e:
+            raise BadRequest(str(e), details={"job": job_id}) from None
+        run_dir = self.root / job_id
+        with self._lock:
+            if job_id in self._jobs or run_dir.exists():
+                raise Conflict(f"job {job_id} exists on node {self.node}")
+            run_dir.mkdir(mode=0o700)
+            rec = self._new_record(job_id, spec, time.time())
+            job = LocalJob(job_id, rec)
+            self._jobs[job_id] = job
+        try:
+            with job.lock:
+                self._save(job)
+                self._spawn(job)
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(job_id, None)
+            self._cleanup_failed(job_id)
+            raise
+        log.info(
+            "op=job.start job=%s pid=%s argv=%s uid=%s",
+            job_id, rec.init_pid, spec.argv, spec.uid,
+        )  # fmt: skip
+        return job
+
+    def _new_record(self, job_id: str, spec: JobSpec, started: float) -> JobRecord:
+        def where(path: str, default: str) -> str:
+            return os.path.normpath(os.path.join(spec.cwd, path or default))
+
+        return JobRecord(
+            job_id=job_id,
+            spec=spec,
+            node=self.node,
+            state=JobState.STARTING,
+            started=started,
+            status_file=str(self.status_dir / str(spec.uid) / f"{job_id}.json"),
+            stdin=where(spec.stdin, "/dev/null"),
+            stdout=where(spec.stdout, f"ssi-{job_id}.out"),
+            stderr=where(spec.stderr, f"ssi-{job_id}.err"),
+            cgroup=self.cgroups.path(job_id),
+        )
+
+    def _spawn(self, job: LocalJob) -> None:
+        rec, spec = job.record, job.spec
+        self._prepare_status(rec)
+        self.cgroups.create(job.job_id)
+        env = dict(spec.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env["SSI_JOB_ID"] = job.job_id
+        env.setdefault("SSI_JOB_NAME", spec.name or job.job_id)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        argv = [
+            str(self.init),
+            "--status-file", rec.status_file,
+            "--stdin", rec.stdin,
+            "--stdout", rec.stdout,
+            "--stderr", rec.stderr,
+            "--sync-fd", str(theirs.fileno()),
+            "--",
+            *spec.argv,
+        ]  # fmt: skip
+        try:
+            try:
+                pid = kernel_shim.spawn(
+                    argv,
+                    namespaces=JOB_NAMESPACES,
+                    hostname=_hostname(job.job_id, spec.name),
+                    uid=spec.uid,
+                    gid=spec.gid,
+                    groups=spec.groups,
+                    cwd=spec.cwd,
+                    env=env,
+                    stdin=null,
+                    stdout=null,
+                    stderr=null,
+                    pass_fds=(theirs.fileno(),),
+                    new_session=True,
+                )
+            except OSError as e:
+                raise BadRequest(
+                    f"cannot start job {job.job_id}: {e.strerror or e}",
+                    details={"job": job.job_id},
+                ) from None
+            finally:
+                theirs.close()
+                os.close(null)
+            rec.init_pid = pid
+            job.pidfd = kernel_shim.pidfd_open(pid)
+            try:
+                self.cgroups.add(job.job_id, pid)
+                self._save(job)
+                report = _read_line(ours, self.START_TIMEOUT)
+                if report != "ok":
+                    why = report.removeprefix("error: ") or "the init said nothing"
+                    raise BadRequest(
+                        f"cannot start job {job.job_id}: {why}",
+                        details={"job": job.job_id},
+                    )
+                ours.sendall(b"G")
+            except BaseException:
+                # The init exits 125 on EOF without "G"; make sure, and reap it.
+                ours.close()
+                self._kill_and_reap(job)
+                raise
+            rec.state = JobState.RUNNING
+            self._save(job)
+        finally:
+            ours.close()
+
+    def _prepare_status(self, rec: JobRecord) -> None:
+        """<status_dir>/<uid>/ owned by the user, 0700; no stale status file."""
+        spec = rec.spec
+        d = Path(rec.status_file).parent
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode):
+            d.unlink()
+            d.mkdir(mode=0o700)
+            st = os.lstat(d)
+        if st.st_uid != spec.uid or stat.S_IMODE(st.st_mode) != 0o700:
+            os.chown(d, spec.uid, spec.gid, follow_symlinks=False)
+            os.chmod(d, 0o700)
+        for stale in (rec.status_file, rec.status_file + ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+
+    def _kill_and_reap(self, job: LocalJob) -> None:
+        if job.pidfd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            job.pidfd.send_signal(_signal.SIGKILL)
+        _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+        _waitid(job.pidfd)
+        job.pidfd.close()
+        job.pidfd = None
+
+    def _cleanup_failed(self, job_id: str) -> None:
+        """Undo a start or restore that failed: nothing of the job may be left."""
+        with contextlib.suppress(OSError):
+            if self.cgroups.pids(job_id):
+                self.cgroups.kill(job_id)
+            self.cgroups.remove(job_id)
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    # -- adopt -------------------------------------------------------------------------
+
+    def adopt(self) -> list[LocalJob]:
+        """Take over the jobs a previous runtime on this root left (after an ssid
+        restart): every job still running (found in its cgroup, by its init: the
+        process whose NSpid ends in 1) gets a pidfd; every job that ended meanwhile
+        has its ExitStatus from its status file (state ENDED, pidfd None).
+        Jobs this runtime knows already are returned as they are."""
+        found: list[LocalJob] = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not entry.is_dir() or not (Path(entry.path) / "job.json").exists():
+                continue
+            job_id = entry.name
+            with self._lock:
+                known = self._jobs.get(job_id)
+            if known is not None:
+                found.append(known)
+                continue
+            try:
+                rec = _load(Path(entry.path) / "job.json")
+            except (OSError, msgspec.DecodeError) as e:
+                log.warning("op=job.adopt job=%s unreadable job.json: %s", job_id, e)
+                continue
+            job = LocalJob(job_id, rec)
+            with job.lock:
+                self._adopt_one(job)
+            with self._lock:
+                job = self._jobs.setdefault(job_id, job)
+            found.append(job)
+            log.info(
+                "op=job.adopt job=%s state=%s pid=%s",
+                job_id, job.state.value, job.init_pid,
+            )  # fmt: skip
+        return found
+
+    def _adopt_one(self, job: LocalJob) -> None:
+        rec = job.record
+        init = self._find_init(job.job_id)
+        if init is not None:
+            rec.init_pid, job.pidfd = init
+            if rec.state in (JobState.STARTING, JobState.RUNNING, JobState.SUSPENDED):
+                frozen = self.cgroups.frozen(job.job_id)
+                rec.state = JobState.SUSPENDED if frozen else JobState.RUNNING
+            self._save(job)
+            return
+        if rec.state.alive:
+            rec.state = JobState.ENDED
+            rec.exit = self._final_status(job, None)
+            self._save(job)
+
+    def _find_init(self, job_id: str) -> tuple[int, PidFd] | None:
+        """The job's init in its cgroup, with a pidfd opened on it (then checked to
+        still be there, so a recycled PID cannot pass for it)."""
+        for pid in self.cgroups.pids(job_id):
+            if not procfs.is_ns_init(pid):
+                continue
+            try:
+                pidfd = kernel_shim.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            if self.cgroups.contains(job_id, pid) and procfs.is_ns_init(pid):
+                return pid, pidfd
+            pidfd.close()
+        return None
+
+    # -- exits -------------------------------------------------------------------------
+
+    def exit_status(self, job_id: str) -> ExitStatus | None:
+        """How the job ended; None while it runs. Reads the init's status file if the
+        job ended but was not reaped yet."""
+        job = self.job(job_id)
+        if job.record.exit is not None:
+            return job.record.exit
+        if job.state is JobState.CHECKPOINTED:
+            return ExitStatus("checkpoint")
+        if job.pidfd is not None and not _readable(job.pidfd):
+            return None
+        return self._read_status(job)
+
+    def reap(self, job_id: str) -> ExitStatus:
+        """Collect a job whose init has exited (its pidfd is readable): waits for the
+        init if it is our child, closes the pidfd, records the ExitStatus (state
+        ENDED, or CHECKPOINTED for a job a checkpoint stopped). Conflict if the job
+        still runs. Idempotent."""
+        job = self.job(job_id)
+        with job.lock:
+            rec = job.record
+            if rec.exit is not None:
+                return rec.exit
+            wait_status = None
+            if job.pidfd is not None:
+                if not _readable(job.pidfd):
+                    raise Conflict(f"job {job_id} is still running")
+                wait_status = _waitid(job.pidfd)
+                job.pidfd.close()
+                job.pidfd = None
+            if rec.state is not JobState.CHECKPOINTED:
+                rec.state = JobState.ENDED
+            rec.exit = self._final_status(job, wait_status)
+            self._save(job)
+            log.info("op=job.end job=%s %s", job_id, rec.exit.describe())
+            return rec.exit
+
+    def wait(self, job_id: str, timeout: float | None = None) -> ExitStatus:
+        """Block until the job ends (Timeout after `timeout` s), then reap it."""
+        job = self.job(job_id)
+        pidfd = job.pidfd
+        if pidfd is not None and not pidfd.closed:
+            if not _wait_readable(pidfd, timeout):
+                raise Timeout(f"job {job_id} still running after {timeout}s")
+        return self.reap(job_id)
+
+    def _final_status(self, job: LocalJob, wait_status: int | None) -> ExitStatus:
+        cpu = None
+        with contextlib.suppress(OSError):
+            cpu = self.cgroups.usage(job.job_id).cpu_seconds
+        if job.state is JobState.CHECKPOINTED:
+            return ExitStatus(
+                "checkpoint", signaled=int(_signal.SIGKILL), cpu_seconds=cpu
+            )
+        status = self._read_status(job)
+        if status is None and wait_status is not None:
+            code = os.waitstatus_to_exitcode(wait_status)
+            status = (
+                ExitStatus("wait", signaled=-code, ended=time.time())
+                if code < 0
+                else ExitStatus("wait", exited=code, ended=time.time())
+            )
+        if status is None:
+            status = ExitStatus("unknown")
+        return msgspec.structs.replace(status, cpu_seconds=cpu)
+
+    def _read_status(self, job: LocalJob) -> ExitStatus | None:
+        """The init's status file, if it is there and the job's user (or root) wrote
+        it; opened without following links, size-capped."""
+        path = job.record.status_file
+        try:
+            fd = os.open(
+                path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            )
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid not in (job.spec.uid, 0):
+                log.warning(
+                    "op=job.status job=%s ignoring %s: not the user's", job.job_id, path
+                )
+                return None
+            raw = os.read(fd, _STATUS_MAX)
+        finally:
+            os.close(fd)
+        try:
+            data = json.loads(raw)
+            fields = {k: data[k] for k in _STATUS_FIELDS if k in data}
+            return msgspec.convert({"source": "init", **fields}, ExitStatus)
+        except (ValueError, TypeError, msgspec.ValidationError) as e:
+            log.warning(
+                "op=job.status job=%s bad status file %s: %s", job.job_id, path, e
+            )
+            return None
+
+    # -- control -----------------------------------------------------------------------
+
+    def signal(self, job_id: str, sig: int, *, every_process: bool = False) -> None:
+        """Send `sig` to the job.
+
+        SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 go through the init, to the main
+        process (to every process once the main has exited). SIGKILL kills every
+        process but the init (frozen meanwhile, so that none escapes by forking):
+        the init then reports the main as killed by SIGKILL and exits. Any other
+        signal goes to the main process, or to every process once it is gone.
+        every_process: to every process of the job but the init, whatever the signal.
+        Conflict once the job has ended."""
+        job = self.job(job_id)
+        if not job.state.alive or job.pidfd is None:
+            raise Conflict(f"job {job_id} is not running ({job.state.value})")
+        try:
+            if sig == _signal.SIGKILL:
+                self._kill_all_but_init(job, sig)
+            elif every_process:
+                self._signal_others(job, sig)
+            elif sig in FORWARDED:
+                job.pidfd.send_signal(sig)
+            else:
+                main = self._main_pid(job)
+                if main is not None:
+                    os.kill(main[0], sig)
+                else:
+                    self._signal_others(job, sig)
+        except ProcessLookupError:
+            raise Conflict(f"job {job_id} has ended") from None
+        log.info("op=job.signal job=%s sig=%s", job_id, sig)
+
+    def _others(self, job: LocalJob) -> list[int]:
+        return [p for p in self.cgroups.pids(job.job_id) if p != job.init_pid]
+
+    def _signal_others(self, job: LocalJob, sig: int) -> None:
+        for pid in self._others(job):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _kill_all_but_init(self, job: LocalJob, sig: int) -> None:
+        with job.lock:
+            self.cgroups.freeze(job.job_id)
+            try:
+                self._signal_others(job, sig)
+            finally:
+                self.cgroups.thaw(job.job_id)  # frozen tasks die only once thawed
+            if job.state is JobState.SUSPENDED:
+                job.record.state = JobState.RUNNING
+                self._save(job)
+            # The init reaps them all and exits at once: return with the job gone.
+            if job.pidfd is not None:
+                _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+
+    def _main_pid(self, job: LocalJob) -> tuple[int, int] | None:
+        """(host PID, PID inside the job) of the main process, None once it is gone:
+        the init's first child, PID 2 of the namespace."""
+        for kid in procfs.children(job.init_pid):
+            ns = procfs.nspids(kid)
+            if ns and ns[-1] == 2:
+                return kid, 2
+        return None
+
+    def suspend(self, job_id: str) -> None:
+        """Freeze every process of the job (cgroup freezer)."""
+        job = self.job(job_id)
+        with job.lock:
+            self._require_alive(job)
+            self.cgroups.freeze(job_id)
+            job.record.state = JobState.SUSPENDED
+            self._save(job)
+        log.info("op=job.suspend job=%s", job_id)
+
+    def resume(self, job_id: str) -> None:
+        job = self.job(job_id)
+        with job.lock:
+            self._require_alive(job)
+            self.cgroups.thaw(job_id)
+            job.record.state = JobState.RUNNING
+            self._save(job)
+        log.info("op=job.resume job=%s", job_id)
+
+    def _require_alive(self, job: LocalJob) -> None:
+        if job.state not in (JobState.RUNNING, JobState.SUSPENDED):
+            raise Conflict(f"job {job.job_id} is not running ({job.state.value})")
+        if job.pidfd is None or _readable(job.pidfd):
+            raise Conflict(f"job {job.job_id} has ended")
+
+    def stats(self, job_id: str) -> JobStats:
+        job = self.job(job_id)
+        rec = job.record
+        pids = self.cgroups.pids(job_id) if job.state.alive else []
+        usage = None
+        with contextlib.suppress(OSError):
+            usage = self.cgroups.usage(job_id)
+        cpu = usage.cpu_seconds if usage is not None else None
+        if cpu is None:
+            stats = [procfs.stat(p) for p in pids]
+            cpu = sum(s.utime + s.stime for s in stats if s is not None)
+        main = self._main_pid(job) if pids else None
+        end = rec.exit.ended if rec.exit is not None and rec.exit.ended else time.time()
+        return JobStats(
+            job_id=job_id,
+            state=job.state.value,
+            init_pid=rec.init_pid,
+            main_pid=main[1] if main else None,
+            main_host_pid=main[0] if main else None,
+            nprocs=len(pids),
+            cpu_seconds=cpu,
+            rss_bytes=sum(procfs.rss_bytes(p) for p in pids),
+            memory_bytes=usage.memory_bytes if usage is not None else None,
+            started=rec.started,
+            runtime_seconds=max(0.0, end - rec.started),
+        )
+
+    # -- checkpoint and restore --------------------------------------------------------
+
+    def criu_version(self) -> str:
+        if self._criu_version is None:
+            self._criu_version = self.criu.version()
+        return self._criu_version
+
+    def checkpoint(self, job_id: str, dest: Path, *, leave_running: bool) -> Manifest:
+        """Dump the job's whole namespace into `dest` (must not exist; its parent
+        must) and write its manifest. The job is frozen from the start of the dump
+        until the manifest is written; then it runs on (leave_running) or is killed
+        (state CHECKPOINTED: it lives on in `dest`).
+
+        On any failure nothing of `dest` is left and the job runs on (as it was:
+        a suspended job stays suspended): CriuError (`.blocker` names what CRIU
+        could not dump), CheckpointFailed (e.g. the disk filled up)."""
+        job = self.job(job_id)
+        dest = Path(dest)
+        with job.lock:
+            self._require_alive(job)
+            if dest.exists():
+                raise Conflict(f"checkpoint destination {dest} exists")
+            if not dest.parent.is_dir():
+                raise BadRequest(
+                    f"checkpoint destination {dest.parent} is not a directory"
+                )
+            version = self.criu_version()
+            tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+            was_suspended = job.state is JobState.SUSPENDED
+            t0 = time.perf_counter()
+            try:
+                tmp.mkdir(mode=0o700)
+                self.cgroups.freeze(job_id)
+                dumped = self.criu.dump(
+                    job.init_pid,
+                    tmp,
+                    leave_running=True,  # killed by us once the manifest is safe
+                    options=DumpOptions(
+                        freeze_cgroup=str(self.cgroups.freezer_dir(job_id)),
+                        manage_cgroups=CgroupMode.SOFT,
+                    ),
+                )
+                names = [p.name for p in tmp.iterdir() if mf.is_covered(p.name)]
+                files = mf.digest_files(tmp, names)
+                m = Manifest(
+                    job_id=job_id,
+                    spec=job.spec,
+                    node=self.node,
+                    created=time.time(),
+                    criu_version=version,
+                    leave_running=leave_running,
+                    suspended=was_suspended,
+                    started=job.record.started,
+                    cgroup=job.record.cgroup,
+                    cgroup_version=self.cgroups.version,
+                    dump_seconds=dumped.seconds,
+                    files=files,
+                    total_bytes=sum(f.size for f in files.values()),
+                )
+                mf.write(tmp, m)
+                tmp.chmod(0o755)
+                _fsync_dir(tmp)
+                os.rename(tmp, dest)
+                _fsync_dir(dest.parent)
+            except BaseException as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not was_suspended:
+                    with contextlib.suppress(OSError):
+                        self.cgroups.thaw(job_id)
+                if isinstance(e, OSError):
+                    raise CheckpointFailed(
+                        f"checkpoint of job {job_id} to {dest} failed: {e}",
+                        details={"job": job_id, "dest": str(dest), "errno": e.errno},
+                    ) from None
+                raise
+            if leave_running:
+                if not was_suspended:
+                    self.cgroups.thaw(job_id)
+            else:
+                self._stop_checkpointed(job)
+            log.info(
+                "op=job.checkpoint job=%s to=%s bytes=%s dump=%.3fs all=%.3fs stop=%s",
+                job_id, dest, m.total_bytes, dumped.seconds,
+                time.perf_counter() - t0, not leave_running,
+            )  # fmt: skip
+            return m
+
+    def _stop_checkpointed(self, job: LocalJob) -> None:
+        """Kill a job just dumped, still frozen: no instruction runs after the dump."""
+        job.record.state = JobState.CHECKPOINTED
+        self._save(job)
+        with contextlib.suppress(OSError):
+            self.cgroups._kill_all(job.job_id)
+        self.cgroups.thaw(job.job_id)
+        if job.pidfd is not None:
+            _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+
+    def restore(self, job_id: str, ckpt: Path) -> LocalJob:
+        """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
+        before CRIU reads anything), then CRIU; the init becomes our child, in the
+        job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
+        CriuError if CRIU fails (nothing of the job is left then)."""
+        ckpt = Path(ckpt)
+        m = mf.verify(ckpt)
+        if m.job_id != job_id:
+            raise BadRequest(f"checkpoint {ckpt} is of job {m.job_id}, not {job_id}")
+        run_dir = self.root / job_id
+        with self._lock:
+            old = self._jobs.get(job_id)
+            if old is not None and (old.state.alive or old.pidfd is not None):
+                raise Conflict(f"job {job_id} is running on node {self.node}")
+            if old is None and (run_dir / "job.json").exists():
+                raise Conflict(
+                    f"job {job_id} has a record here: adopt() or forget() it"
+                )
+            rec = self._new_record(job_id, m.spec, m.started)
+            rec.restores = (old.record.restores if old else 0) + 1
+            rec.restored_from = str(ckpt)
+            job = LocalJob(job_id, rec)
+            self._jobs[job_id] = job
+        try:
+            with job.lock:
+                self._restore(job, m, ckpt)
+        except BaseException:
+            with self._lock:
+                if self._jobs.get(job_id) is job:
+                    del self._jobs[job_id]
+                if old is not None:
+                    self._jobs[job_id] = old
+            if old is None:
+                self._cleanup_failed(job_id)
+            else:  # back to the record of the job that ended or left here
+                with contextlib.suppress(OSError):
+                    self.cgroups.remove(job_id)
+                run_dir.mkdir(mode=0o700, exist_ok=True)
+                self._save(old)
+            raise
+        log.info("op=job.restore job=%s from=%s pid=%s", job_id, ckpt, job.init_pid)
+        return job
+
+    def _restore(self, job: LocalJob, m: Manifest, ckpt: Path) -> None:
+        job_id, rec = job.job_id, job.record
+        run_dir = self.root / job_id
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        self._prepare_status(rec)
+        # Our own cgroup, made before CRIU: CRIU then only moves the tasks in, and does
+        # not restore properties such as the FROZEN state of the dump.
+        self.cgroups.create(job_id)
+        if self.cgroups.pids(job_id):
+            raise Conflict(f"cgroup {rec.cgroup} of job {job_id} is not empty")
+        self._save(job)
+        roots: tuple[tuple[str, str], ...] = ()
+        if m.cgroup != rec.cgroup:
+            roots = tuple((c, rec.cgroup) for c in self.cgroups.controllers() if c)
+        res = self.criu.restore(
+            ckpt,
+            options=RestoreOptions(
+                work_dir=str(run_dir), manage_cgroups=CgroupMode.SOFT, cgroup_root=roots
+            ),
+        )
+        rec.init_pid = res.pid
+        job.pidfd = kernel_shim.pidfd_open(res.pid)
+        if not self.cgroups.contains(job_id, res.pid):
+            where = proc_cgroup(res.pid)
+            self._kill_and_reap(job)
+            raise Internal(
+                f"restored job {job_id} landed outside its cgroup {rec.cgroup}: {where}"
+            )
+        if m.suspended:
+            self.cgroups.freeze(job_id)
+            rec.state = JobState.SUSPENDED
+        else:
+            self.cgroups.thaw(job_id)
+            rec.state = JobState.RUNNING
+        self._save(job)
+
+    # -- forget ------------------------------------------------------------------------
+
+    def forget(self, job_id: str, *, kill: bool = False) -> None:
+        """Drop an ended (or checkpointed-away) job: its cgroup, its directory, its
+        status file. Conflict if it still runs, unless kill (then it is SIGKILLed,
+        reaped, and dropped). Stop watching its pidfd first."""
+        job = self.job(job_id)
+        with job.lock:
+            if job.pidfd is not None:
+                if not _readable(job.pidfd):
+                    if not kill:
+                        raise Conflict(f"job {job_id} is still running")
+                    with contextlib.suppress(OSError):
+                        self.cgroups.kill(job_id)
+                    _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+                self.reap(job_id)
+            if self.cgroups.pids(job_id):
+                if not kill:
+                    raise Conflict(f"job {job_id} has processes left in its cgroup")
+                self.cgroups.kill(job_id)
+            try:
+                self.cgroups.remove(job_id)
+            except OSError as e:
+                raise Internal(
+                    f"cannot remove the cgroup of job {job_id}: {e}"
+                ) from None
+            for f in (job.record.status_file, job.record.status_file + ".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f)
+            shutil.rmtree(self.root / job_id, ignore_errors=True)
+            with self._lock:
+                self._jobs.pop(job_id, None)
+        log.info("op=job.forget job=%s", job_id)
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _save(self, job: LocalJob) -> None:
+        path = self.root / job.job_id / "job.json"
+        tmp = path.with_name("job.json.tmp")
+        data = msgspec.json.encode(job.record)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+
+
+_STATUS_FIELDS = tuple(
+    f for f in ExitStatus.__struct_fields__ if f not in ("source", "cpu_seconds")
+)
+
+
+def _load(path: Path) -> JobRecord:
+    return msgspec.json.decode(path.read_bytes(), type=JobRecord)
+
+
+def _hostname(job_id: str, name: str) -> str:
+    """The job's name if it is a usable host name, else its id."""
+    ok = name and len(name) <= 64 and all(c.isalnum() or c in "-._" for c in name)
+    return name if ok else job_id[:64]
+
+
+def _read_line(sock: socket.socket, timeout: float) -> str:
+    sock.settimeout(timeout)
+    buf = b""
+    try:
+        while not buf.endswith(b"\n") and len(buf) < 4096:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+    except TimeoutError:
+        return f"error: the job init said nothing within {timeout}s"
+    return buf.decode(errors="replace").strip()
+
+
+def _readable(pidfd: PidFd) -> bool:
+    return _wait_readable(pidfd, 0)
+
+
+def _wait_readable(pidfd: PidFd, timeout: float | None) -> bool:
+    poller = select.poll()
+    poller.register(pidfd.fd, select.POLLIN)
+    ms = None if timeout is None else int(timeout * 1000)
+    return bool(poller.poll(ms))
+
+
+def _waitid(pidfd: PidFd) -> int | None:
+    """Reap the process behind `pidfd` if it is our child and has exited; its wait
+    status (os.waitpid style), or None if it is not ours to reap."""
+    try:
+        res = os.waitid(os.P_PIDFD, pidfd.fd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if res is None:
+        return None
+    if res.si_code == os.CLD_EXITED:
+        return (res.si_status & 0xFF) << 8
+    return res.si_status & 0x7F | (0x80 if res.si_code == os.CLD_DUMPED else 0)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
