@@ -6,7 +6,9 @@ add `extra_filter`, and override `rebalance`. PolicyBase.place then:
 
 1. picks the candidates: the nodes a request names or labels when that set is small;
    every node when the cluster is small (so `ssi why` lists them all); otherwise the
-   policy's index, best key first, stopping after `shortlist` nodes that pass;
+   policy's index, best key first, stopping once the keys reach the best score found
+   when the key is a lower bound of the score (exact), else after `shortlist` nodes
+   that pass;
 2. filters each: online, not excluded, the request's hard clauses (cpus, mem after
    reservations, names, labels, avail(T)>=p), then the policy's own filter;
 3. scores the rest: the policy's score plus the request's soft preferences
@@ -29,7 +31,7 @@ deciding the next one, so a plan never sends two jobs to one idle slot.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from schedulers.api import API_VERSION
@@ -61,6 +63,7 @@ from schedulers.views import (
 FULL_EXPLAIN_NODES = 64  # up to this many nodes, every placement examines them all
 NARROW_SCAN_NODES = 512  # a named/labelled candidate set up to this size is scanned
 KEEP_VERDICTS = 64  # verdicts kept in a Placement (the best, then the filtered)
+MAX_EXAMINE = 4096  # nodes examined through an index once one fits, at most
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,12 @@ class PolicyBase:
         """The index whose order candidates are examined in, for this job."""
         return self.index()
 
+    def key_bounds_score(self, job: JobRequest) -> bool:
+        """True when, for this job, index_for(job)'s key never exceeds score() plus
+        soft penalties: placement is then exact, stopping once keys pass the best
+        score. Otherwise the `shortlist_for(job)` first fitting nodes are scored."""
+        return False
+
     def shortlist_for(self, job: JobRequest) -> int:
         want = self.shortlist
         if job.request.prefer:
@@ -161,12 +170,16 @@ class PolicyBase:
     def evacuate(
         self, node: str, cluster: ClusterView, now: float, cause: str = ""
     ) -> list[MigrationDecision]:
-        """Kerrighed's expel: every migratable job of `node` to where place() says."""
+        """Kerrighed's expel: every migratable job of `node` to where place() says
+        (a job pinned by name may leave too: the admin's eviction wins)."""
         out: list[MigrationDecision] = []
         for job in sorted(cluster.jobs_on(node), key=lambda j: j.id):
             if not job.migratable:
                 continue
-            req = JobRequest(job.id, request_of(job), exclude=frozenset({node}))
+            request = request_of(job)
+            if request.nodes is not None:  # pinned to nodes: eviction overrides it
+                request = replace(request, nodes=None)
+            req = JobRequest(job.id, request, exclude=frozenset({node}))
             placement = self.place(req, cluster, now)
             if placement.node is None:
                 continue
@@ -329,12 +342,21 @@ class PolicyBase:
         for name in self._extra_candidates(job, cluster):
             consider(name)
         if via_index:
+            bound = self.key_bounds_score(job)
             it = self.index_for(job).ordered(cluster)
             try:
-                for _, name in it:
+                for key, name in it:
+                    if scored:
+                        if bound:
+                            # Branch and bound: no node further down can beat
+                            # the best score found once its key reaches it.
+                            if key >= min(t[0] for t in scored):
+                                break
+                        elif len(scored) >= want:
+                            break
+                        if examined >= MAX_EXAMINE:
+                            break
                     consider(name)
-                    if len(scored) >= want:
-                        break
             finally:
                 it.close()
         else:

@@ -207,9 +207,16 @@ class Scheduler:
     def why(self, job_id: str) -> str:
         rec = self._records.get(job_id)
         if rec is None:
-            return f"job {job_id}: no scheduling decision recorded"
+            if job_id not in self.cluster.jobs:
+                return f"job {job_id}: no scheduling decision recorded"
+            rec = JobRecord()
         lines = []
-        if rec.placement is not None:
+        if rec.placement is None:
+            node = (
+                self.cluster.jobs[job_id].node if job_id in self.cluster.jobs else "?"
+            )
+            lines.append(f"job {job_id} on {node}: no placement recorded by this ssid")
+        else:
             lines.append(rec.placement.explain())
         if rec.migration is not None:
             state = {None: "decided", True: "done", False: "failed"}[rec.migration_ok]

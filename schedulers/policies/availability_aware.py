@@ -95,6 +95,9 @@ class AvailabilityAware(LeastLoaded):
             self._avail_index = self.make_index(self._avail_key)
         return self._avail_index
 
+    def key_bounds_score(self, job: JobRequest) -> bool:
+        return self.horizon(job) is None
+
     def shortlist_for(self, job: JobRequest) -> int:
         if self.horizon(job) is None:
             return super().shortlist_for(job)

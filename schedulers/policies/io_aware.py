@@ -58,6 +58,9 @@ class IoAware(PolicyBase):
         p = self.p
         return p.io_weight * io + p.net_weight * net + p.load_weight * load
 
+    def key_bounds_score(self, job: JobRequest) -> bool:
+        return True  # the score only adds the job's own needs to the key
+
     def extra_filter(
         self, job: JobRequest, cluster: ClusterView, node: NodeView, now: float
     ) -> tuple[str, str] | None:

@@ -49,7 +49,6 @@ class MemoryAware(PolicyBase):
 
     name: ClassVar[str] = "memory_aware"
     Params: ClassVar[type] = MemoryParams
-    shortlist: ClassVar[int] = 8
     key_doc: ClassVar[str] = "memory"
     p: MemoryParams
 
@@ -71,6 +70,9 @@ class MemoryAware(PolicyBase):
             + v.mem_pressure / 100.0
             + self.p.load_weight * cluster.norm_load(node)
         )
+
+    def key_bounds_score(self, job: JobRequest) -> bool:
+        return True  # the score only adds the job's own needs to the key
 
     def extra_filter(
         self, job: JobRequest, cluster: ClusterView, node: NodeView, now: float
