@@ -153,6 +153,10 @@ class PreloadServer:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        me = asyncio.current_task()
+        if me is not None:
+            self._tasks.add(me)
+            me.add_done_callback(self._tasks.discard)
         conn = _Conn(writer)
         client: _Client | None = None
         transport: AsyncTransport | None = None
@@ -192,6 +196,8 @@ class PreloadServer:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server closes
         finally:
             conn.open = False
             writer.close()
