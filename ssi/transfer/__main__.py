@@ -1,9 +1,11 @@
 """A stand-alone bulk server and client, for tests, benchmarks and admins' checks.
 
     python -m ssi.transfer serve --listen tcp://0.0.0.0:7072 --key-dir D \\
-        --allow PUBKEY [--allow ...] [--incoming DIR] [--outgoing DIR ...]
-    python -m ssi.transfer send ENDPOINT SERVER_KEY SRC NAME --key-dir D
-    python -m ssi.transfer fetch ENDPOINT SERVER_KEY NAME DEST --key-dir D
+        --allow=PUBKEY [--allow=...] [--incoming DIR] [--outgoing DIR ...]
+    python -m ssi.transfer send ENDPOINT SRC NAME --server-key=KEY --key-dir D
+    python -m ssi.transfer fetch ENDPOINT NAME DEST --server-key=KEY --key-dir D
+
+Keys are Z85 and may start with "-": always give them as --allow=KEY, --server-key=KEY.
 
 `serve` prints one JSON line {"endpoint", "key", "pid"} once it listens, and runs
 until SIGTERM or SIGINT. `send` and `fetch` print the TransferStats as JSON; on
@@ -119,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("send")
     common(sp)
     sp.add_argument("endpoint")
-    sp.add_argument("server_key")
+    sp.add_argument("--server-key", required=True)
     sp.add_argument("src")
     sp.add_argument("name")
     sp = sub.add_parser("fetch")
     common(sp)
     sp.add_argument("endpoint")
-    sp.add_argument("server_key")
+    sp.add_argument("--server-key", required=True)
     sp.add_argument("name")
     sp.add_argument("dest")
     args = ap.parse_args(argv)

@@ -30,6 +30,7 @@ from ssi.transfer.engine import (
     Progress,
     TransferStats,
     dir_chunks,
+    open_staging,
     receive_chunks,
     send_chunks,
     stream_chunks,
@@ -226,8 +227,8 @@ async def fetch_dir(
     async with _session(ctx, endpoint, server_key, keypair, opts) as s:
         await s.link.send(p.Get(p.VERSION, name, opts.window, opts.chunk_size))
         manifest: p.Manifest = await _first(s, p.Manifest)
-        staging: fs.Staging = await s.run_io(
-            lambda: fs.Staging(dest, expected_bytes=manifest.bytes, checksums=checksums)
+        staging = await open_staging(
+            s.run_io, dest, expected_bytes=manifest.bytes, checksums=checksums
         )
         committed = False
         try:

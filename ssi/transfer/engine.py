@@ -14,9 +14,9 @@ import asyncio
 import collections
 import functools
 import hashlib
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ssi.proto.errors import BadRequest, MalformedMessage
@@ -34,6 +34,7 @@ __all__ = [
     "receive_chunks",
     "dir_chunks",
     "stream_chunks",
+    "open_staging",
 ]
 
 T = TypeVar("T")
@@ -303,5 +304,18 @@ async def stream_chunks(
         )
 
 
-def clock() -> float:
-    return time.monotonic()
+async def open_staging(run_io: RunIO, final: Path, **kw: Any) -> fs.Staging:
+    """`fs.Staging(final, **kw)` made in a worker thread; if we are cancelled while
+    it is being made, it is removed as soon as it exists."""
+    fut = asyncio.ensure_future(run_io(lambda: fs.Staging(final, **kw)))
+    try:
+        staging: fs.Staging = await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(_abort_made)
+        raise
+    return staging
+
+
+def _abort_made(fut: asyncio.Future[fs.Staging]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().abort()

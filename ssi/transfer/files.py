@@ -369,7 +369,9 @@ def sweep_partials(root: Path) -> list[Path]:
         return p.name.startswith(".") and PARTIAL_MARK in p.name and p.is_dir()
 
     level1 = list(root.iterdir())
-    level2 = [q for d in level1 if d.is_dir() and not is_partial(d) for q in d.iterdir()]
+    level2 = [
+        q for d in level1 if d.is_dir() and not is_partial(d) for q in d.iterdir()
+    ]
     for p in level1 + level2:
         if is_partial(p):
             shutil.rmtree(p, ignore_errors=True)

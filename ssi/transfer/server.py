@@ -38,7 +38,13 @@ from ssi.rpc.keys import KeyPair, fingerprint
 from ssi.rpc.zmq_rpc import ZapAuthenticator
 from ssi.transfer import files as fs
 from ssi.transfer import protocol as p
-from ssi.transfer.engine import TransferStats, dir_chunks, receive_chunks, send_chunks
+from ssi.transfer.engine import (
+    TransferStats,
+    dir_chunks,
+    open_staging,
+    receive_chunks,
+    send_chunks,
+)
 from ssi.transfer.link import (
     HEARTBEAT_IVL_MS,
     HEARTBEAT_TIMEOUT_MS,
@@ -332,9 +338,7 @@ class BulkServer:
         if not 4096 <= put.chunk <= p.MAX_CHUNK:
             raise MalformedMessage(f"bad chunk size {put.chunk}")
         final = self.policy.incoming(put.name, key)
-        staging: fs.Staging = await self._run_io(
-            lambda: fs.Staging(final, expected_bytes=put.bytes)
-        )
+        staging = await open_staging(self._run_io, final, expected_bytes=put.bytes)
         committed = False
         try:
             window = self.options.window
