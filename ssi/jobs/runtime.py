@@ -642,6 +642,8 @@ class JobRuntime:
                     options=DumpOptions(
                         freeze_cgroup=str(self.cgroups.freezer_dir(job_id)),
                         manage_cgroups=CgroupMode.SOFT,
+                        # The log outlives a failed dump (its images are removed).
+                        work_dir=str(self.root / job_id),
                     ),
                 )
                 names = [p.name for p in tmp.iterdir() if mf.is_covered(p.name)]
