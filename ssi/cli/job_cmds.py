@@ -250,7 +250,7 @@ def _rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
                 j["user"],
                 j["node"] or "-",
                 o.state(j["state"]),
-                st.get("pid_inside"),
+                st.get("main_pid"),
                 f"{st['cpu_seconds']:.1f}" if "cpu_seconds" in st else None,
                 f"{st['rss_bytes'] / 2**20:.0f}M" if "rss_bytes" in st else None,
                 duration(j["runtime"]),

@@ -316,12 +316,16 @@ class JobManager:
             return {"ack": True}  # the end of the dumped original: not the job's end
         status = dict(body.status)
         state = state_of_exit(status)
-        if status.get("exec_errno"):
-            status["aborted"] = True
+        if status.get("aborted"):
+            state = JobState.FAILED
         reason = (
-            f"exited {status['exited']}"
-            if "exited" in status
-            else f"killed by signal {status.get('signaled')}"
+            status.get("setup_error")
+            or status.get("exec_error")
+            or (
+                f"exited {status['exited']}"
+                if "exited" in status
+                else f"killed by signal {status.get('signaled')}"
+            )
         )
         self._save(
             job.but(

@@ -25,6 +25,7 @@ from ssi.cluster.events import NodeEvents
 from ssi.cluster.peers import Peers
 from ssi.cluster.store import SqliteStore
 from ssi.config import Config
+from ssi.node.executor import Executor
 from ssi.node.membership_file import MembershipFile, Role
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, Denied, NotFound, SsiError, Timeout, Unavailable
@@ -48,6 +49,19 @@ FORWARDED_OPS = {
     m.NodeDrain.op,
     m.NodeResume.op,
     m.NodeEvict.op,
+    m.JobSubmit.op,
+    m.JobList.op,
+    m.JobShow.op,
+    m.JobWait.op,
+    m.JobKill.op,
+    m.JobSuspend.op,
+    m.JobResume.op,
+    m.JobHold.op,
+    m.JobRelease.op,
+    m.JobCheckpoint.op,
+    m.JobCheckpoints.op,
+    m.JobRestart.op,
+    m.JobWhy.op,
 }
 
 
@@ -78,6 +92,11 @@ class Agent:
         self.coordinator: Coordinator | None = None
         self.coord: RpcClient | None = None
         self.connected = False  # the coordinator has welcomed us since start
+        self.member_keys: set[str] = set()
+        self._revision: int | None = None
+        self.executor = Executor(
+            cfg, keypair, self.call_coordinator, self.bulk_key_allowed
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -91,6 +110,7 @@ class Agent:
     # --- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.executor.start()
         if self.membership is None:
             log.info(
                 "not in a cluster yet: `ssi cluster init` or `ssi node join TOKEN`"
@@ -113,6 +133,7 @@ class Agent:
         if self.coordinator:
             await self.coordinator.close()
             self.coordinator.store.close()
+        await self.executor.close()
 
     def _start_coordinator(self, cluster: str) -> Coordinator:
         store = SqliteStore(self.state_dir / "cluster.db")
@@ -131,7 +152,11 @@ class Agent:
     def _connect(self, mf: MembershipFile) -> None:
         endpoint = f"tcp://{mf.coordinator_address}:{mf.coordinator_port}"
         self.coord = RpcClient(
-            self.ctx, endpoint, mf.coordinator_key.encode(), self.keypair
+            self.ctx,
+            endpoint,
+            mf.coordinator_key.encode(),
+            self.keypair,
+            sender=self.name,
         )
 
     def key_allowed(self, key: bytes | str) -> bool:
@@ -184,10 +209,16 @@ class Agent:
                         "welcomed by the coordinator of %s",
                         self.membership and self.membership.cluster,
                     )
+                    await self.executor.reconcile()
                 else:
                     seq += 1
-                    hb = m.Heartbeat(name=self.name, seq=seq, load=node_load())
-                    await self._call(hb, timeout=max(2.0, interval * 2))
+                    jobs = await asyncio.to_thread(self.executor.live_stats)
+                    hb = m.Heartbeat(
+                        name=self.name, seq=seq, load=node_load(), jobs=jobs
+                    )
+                    reply = await self._call(hb, timeout=max(2.0, interval * 2))
+                    if reply.get("revision") != self._revision:
+                        await self._refresh_members(reply.get("revision"))
             except NotFound as e:
                 log.warning("the cluster no longer knows this node (%s): leaving it", e)
                 self._leave()
@@ -196,6 +227,23 @@ class Agent:
                 log.warning("coordinator unreachable: %s", e)
                 self.connected = False
             await asyncio.sleep(interval)
+
+    async def _refresh_members(self, revision: int | None) -> None:
+        """Learn the keys of the other members (they fetch and push checkpoints)."""
+        nodes = await self._call(m.NodeList())
+        self.member_keys = {n["public_key"] for n in nodes}
+        self._revision = revision
+
+    def bulk_key_allowed(self, key: bytes | str) -> bool:
+        """Who may push checkpoints to, or fetch them from, this node: members."""
+        if self.coordinator is not None:
+            return self.coordinator.key_allowed(key)
+        return z85_key(key) in self.member_keys or self.key_allowed(key)
+
+    async def call_coordinator(
+        self, body: m.Request[Any], timeout: float = 30.0
+    ) -> Any:
+        return await self._call(body, timeout)
 
     def _leave(self) -> None:
         MembershipFile.remove(self.state_dir)

@@ -22,7 +22,7 @@ from ssi.config import Config
 from ssi.node.agent import Agent
 from ssi.node.sdnotify import notify
 from ssi.proto import messages as m
-from ssi.proto.errors import NotFound, Unavailable
+from ssi.proto.errors import Denied, NotFound, Unavailable
 from ssi.rpc.keys import load_or_create_keypair
 from ssi.rpc.local import LocalServer
 from ssi.rpc.zmq_rpc import RpcServer
@@ -84,7 +84,20 @@ class Daemon:
 
             return handler
 
+        def from_coordinator(op: str, handler: Handler) -> Handler:
+            async def guarded(env: m.Envelope, peer: Any) -> Any:
+                mf = self.agent.membership
+                if mf is None or peer.public_key.decode() != mf.coordinator_key:
+                    raise Denied(f"{op} is for this cluster's coordinator only")
+                return await handler(env, peer)
+
+            return guarded
+
         handlers = {op: route(op) for op in Coordinator.OPS}
+        handlers.update(
+            (op, from_coordinator(op, h))
+            for op, h in self.agent.executor.handlers().items()
+        )
         handlers[m.Ping.op] = self.agent.on_ping
         return handlers
 

@@ -1,0 +1,304 @@
+"""The agent's hands on its jobs: start, signal, freeze, checkpoint (dump + copies to
+other nodes), restore (fetching images if they are elsewhere), and the report of every
+job's end to the coordinator, including the ends that happened while ssid was down.
+
+    coordinator ─agent.start/signal/freeze/dump/restore/forget─▶ Executor ─▶ JobRuntime
+    Executor ─job.ended / job.here─▶ coordinator          BulkServer ◀─▶ other nodes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ssi.checkpoint import Criu
+from ssi.config import Config, resolve_criu
+from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
+from ssi.proto import messages as m
+from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
+from ssi.rpc.keys import KeyPair
+from ssi.transfer import BulkServer, RootDirs, fetch_dir, send_dir
+
+log = logging.getLogger(__name__)
+
+Call = Callable[..., Awaitable[Any]]
+BULK_PORT_OFFSET = 2  # cluster port, join port, bulk port
+
+
+def bulk_endpoint(peer: Mapping[str, Any]) -> str:
+    return f"tcp://{peer['address']}:{int(peer['port']) + BULK_PORT_OFFSET}"
+
+
+class Executor:
+    def __init__(
+        self,
+        cfg: Config,
+        keypair: KeyPair,
+        call_coordinator: Call,
+        key_allowed: Callable[[bytes], bool],
+    ) -> None:
+        self.cfg = cfg
+        self.node = cfg.node.name
+        self.keypair = keypair
+        self.call_coordinator = call_coordinator
+        state = Path(cfg.node.state_dir)
+        self.spool = state / "checkpoints"
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runtime = JobRuntime(state / "jobs", Criu(resolve_criu(cfg)), self.node)
+        self.bulk = BulkServer(
+            None,
+            f"tcp://{cfg.node.listen}:{cfg.node.port + BULK_PORT_OFFSET}",
+            keypair,
+            key_allowed,
+            RootDirs(self.spool, [self.spool]),
+        )
+        self._ended: dict[str, dict[str, Any]] = {}  # job id -> status, not yet acked
+        self._stopping: set[str] = set()  # dumped to stop: their end is no job's end
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            m.AgentStart.op: self.on_start,
+            m.AgentSignal.op: self.on_signal,
+            m.AgentFreeze.op: self.on_freeze,
+            m.AgentDump.op: self.on_dump,
+            m.AgentRestore.op: self.on_restore,
+            m.AgentForget.op: self.on_forget,
+        }
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bulk.start()
+        for job in await asyncio.to_thread(self.runtime.adopt):
+            self._watch(job)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._report_ends()))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for job in self.runtime.jobs():
+            self._unwatch(job)
+        await self.bulk.close()
+
+    async def reconcile(self) -> None:
+        """After the coordinator welcomed us: jobs it moved away while we were out of
+        touch must not run twice."""
+        running = [int(j.job_id) for j in self.runtime.jobs() if j.running]
+        answer = await self.call_coordinator(
+            m.JobsHere(node=self.node, running=running)
+        )
+        for job_id in answer.get("kill", []):
+            log.warning("job %s runs elsewhere now: killing this copy", job_id)
+            await asyncio.to_thread(self._kill_and_forget, str(job_id))
+
+    def _kill_and_forget(self, job_id: str) -> None:
+        self._ended.pop(job_id, None)
+        self._unwatch(self.runtime.job(job_id))
+        self.runtime.forget(job_id, kill=True)
+
+    # --- exits ---------------------------------------------------------------------
+
+    def _watch(self, job: LocalJob) -> None:
+        if job.running:
+            asyncio.get_running_loop().add_reader(job.fileno(), self._exited, job)
+        else:  # ended while ssid was down, or never got going
+            self._ended_now(job.job_id)
+
+    def _unwatch(self, job: LocalJob) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(job.fileno())
+
+    def _exited(self, job: LocalJob) -> None:
+        self._unwatch(job)
+        if job.job_id not in self._stopping:  # a stopping dump reaps it itself
+            self._ended_now(job.job_id)
+
+    def _ended_now(self, job_id: str) -> None:
+        status = self.runtime.reap(job_id)
+        if status.checkpointed:  # stopped by a checkpoint: not the job's end
+            self.runtime.forget(job_id)
+            return
+        report = dict(msgspec.to_builtins(status))
+        if status.setup_error or status.exec_errno:
+            report["aborted"] = True
+        self._ended[job_id] = report
+        self._wake.set()
+
+    async def _report_ends(self) -> None:
+        """Tell the coordinator of every end until it acknowledges; only then forget
+        the job here (its status file is the durable copy meanwhile)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for job_id, status in list(self._ended.items()):
+                try:
+                    await self.call_coordinator(
+                        m.JobEnded(job=int(job_id), node=self.node, status=status)
+                    )
+                except SsiError as e:
+                    log.warning("could not report the end of job %s yet: %s", job_id, e)
+                    continue
+                self._ended.pop(job_id, None)
+                await asyncio.to_thread(self.runtime.forget, job_id)
+            if self._ended:
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    def live_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-job figures for the heartbeat."""
+        out = {}
+        for job in self.runtime.jobs():
+            if job.running:
+                with contextlib.suppress(SsiError, OSError):
+                    out[job.job_id] = dict(
+                        msgspec.to_builtins(self.runtime.stats(job.job_id))
+                    )
+        return out
+
+    # --- requests from the coordinator ------------------------------------------------
+
+    async def on_start(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentStart)
+        spec = msgspec.convert(
+            {k: v for k, v in body.spec.items() if k in JobSpec.__struct_fields__},
+            JobSpec,
+        )
+        job = await asyncio.to_thread(self.runtime.start, str(body.job), spec)
+        self._watch(job)
+        return {"pid": job.pid, "started_at": time.time()}
+
+    async def on_signal(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentSignal)
+        await asyncio.to_thread(self.runtime.signal, str(body.job), body.signal)
+        return {}
+
+    async def on_freeze(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentFreeze)
+        act = self.runtime.suspend if body.frozen else self.runtime.resume
+        await asyncio.to_thread(act, str(body.job))
+        return {}
+
+    async def on_dump(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentDump)
+        dest = self.spool / body.checkpoint
+        started = time.monotonic()
+        if body.stop:
+            self._stopping.add(str(body.job))
+        try:
+            manifest = await asyncio.to_thread(
+                self.runtime.checkpoint,
+                str(body.job),
+                dest,
+                leave_running=not body.stop,
+            )
+            if body.stop:  # its processes are gone: drop it here, the images stay
+                self._unwatch(self.runtime.job(str(body.job)))
+                await asyncio.to_thread(self.runtime.forget, str(body.job), kill=True)
+        finally:
+            self._stopping.discard(str(body.job))
+        dumped = time.monotonic() - started
+        replicated: list[str] = []
+        errors: list[str] = []
+        for replica in body.replicas:
+            try:
+                await send_dir(
+                    bulk_endpoint(replica),
+                    replica["key"],
+                    self.keypair,
+                    dest,
+                    body.checkpoint,
+                    checksums=manifest.checksums(),
+                )
+                replicated.append(replica["name"])
+            except SsiError as e:
+                errors.append(f"{replica['name']}: {e}")
+        if body.replicas and not replicated and not body.stop:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise Unavailable(
+                f"checkpoint of job {body.job} could not be copied to another node "
+                f"({'; '.join(errors)}); it does not count, the job keeps running"
+            )
+        return {
+            "size": manifest.size,
+            "seconds": time.monotonic() - started,
+            "dump_seconds": dumped,
+            "replicated_to": replicated,
+            "errors": errors,
+            "criu_version": manifest.criu_version,
+        }
+
+    async def on_restore(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentRestore)
+        started = time.monotonic()
+        local = self.spool / body.checkpoint
+        fetched_from, problems = await self._usable_copy(local, body)
+        job = await asyncio.to_thread(self.runtime.restore, str(body.job), local)
+        self._watch(job)
+        return {
+            "pid": job.pid,
+            "seconds": time.monotonic() - started,
+            "fetched_from": fetched_from,
+            "problems": problems,
+        }
+
+    async def _usable_copy(
+        self, local: Path, body: m.AgentRestore
+    ) -> tuple[str, list[str]]:
+        """A verified copy of the checkpoint here: ours if sound, else the first
+        holder's that verifies."""
+        problems: list[str] = []
+        if local.is_dir():
+            try:
+                await asyncio.to_thread(verify, local)
+                return "", problems
+            except SsiError as e:
+                problems.append(f"local copy: {e}")
+                shutil.rmtree(local, ignore_errors=True)
+        for holder in body.holders:
+            if holder["name"] == self.node:
+                continue
+            try:
+                await fetch_dir(
+                    bulk_endpoint(holder),
+                    holder["key"],
+                    self.keypair,
+                    body.checkpoint,
+                    local,
+                )
+                await asyncio.to_thread(verify, local)
+                return holder["name"], problems
+            except SsiError as e:
+                problems.append(f"copy on {holder['name']}: {e}")
+                shutil.rmtree(local, ignore_errors=True)
+        raise NotFound(
+            f"no sound copy of checkpoint {body.checkpoint}: "
+            + "; ".join(problems or ["no holder reachable"])
+        )
+
+    async def on_forget(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentForget)
+        job_id = str(body.job)
+        if body.kill:
+            await asyncio.to_thread(self._kill_and_forget, job_id)
+        for ckpt in body.checkpoints:
+            if "/" in ckpt or ckpt.startswith("."):
+                raise Conflict(f"bad checkpoint id {ckpt!r}")
+            shutil.rmtree(self.spool / ckpt, ignore_errors=True)
+        return {}
