@@ -30,6 +30,7 @@ deciding the next one, so a plan never sends two jobs to one idle slot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -93,6 +94,9 @@ class PolicyBase:
     def __init__(self) -> None:
         self.p: BaseParams = self.Params()
         self._index: NodeIndex | None = None
+        # Up to this many nodes, placement examines them all, so `ssi why` can list
+        # every node; the simulator sets 0 to time the indexed path alone.
+        self.full_explain_nodes = FULL_EXPLAIN_NODES
 
     # --- parameters and life cycle ---------------------------------------------
 
@@ -215,7 +219,12 @@ class PolicyBase:
         return NodeIndex(online_key)
 
     def filter(
-        self, job: JobRequest, cluster: ClusterView, node: NodeView, now: float
+        self,
+        job: JobRequest,
+        cluster: ClusterView,
+        node: NodeView,
+        now: float,
+        explain: bool = True,
     ) -> tuple[str, str] | None:
         if node.state is not NodeState.ONLINE:
             return "state", f"state {node.state}"
@@ -226,6 +235,7 @@ class PolicyBase:
             node,
             mem_free=cluster.mem_free(node.name) if req.mem else None,
             p_up=(lambda n, h: cluster.p_up(n, h, now)) if req.avail else None,
+            explain=explain,
         )
         if hard is not None:
             return hard
@@ -282,7 +292,7 @@ class PolicyBase:
             smallest = min(sets, key=len)
             if len(smallest) <= NARROW_SCAN_NODES:
                 return sorted(n for n in smallest if n in cluster.nodes), False
-        if len(cluster.nodes) <= FULL_EXPLAIN_NODES:
+        if len(cluster.nodes) <= self.full_explain_nodes:
             return self._all_in_index_order(job, cluster), False
         return [], True
 
@@ -317,6 +327,7 @@ class PolicyBase:
         rejected: list[NodeVerdict] = []
         counts: dict[str, int] = {}
         examined = 0
+        best_score = math.inf
         seen: set[str] = set()
 
         def consider(name: str) -> None:
@@ -326,7 +337,7 @@ class PolicyBase:
             seen.add(name)
             examined += 1
             node = cluster.nodes[name]
-            bad = self.filter(job, cluster, node, now)
+            bad = self.filter(job, cluster, node, now, len(rejected) < KEEP_VERDICTS)
             if bad is not None:
                 rule, reason = bad
                 counts[rule] = counts.get(rule, 0) + 1
@@ -338,11 +349,16 @@ class PolicyBase:
             if notes:
                 why = f"{why}; {notes}" if why else notes
             scored.append((s + pen, examined, NodeVerdict(name, True, s + pen, why)))
+            nonlocal best_score
+            best_score = min(best_score, s + pen)
 
         for name in self._extra_candidates(job, cluster):
             consider(name)
         if via_index:
-            bound = self.key_bounds_score(job)
+            # Soft preferences add penalties the key does not know: bounding would
+            # then wade through every node keyed below the best penalised score, so
+            # they are weighed among the `want` first fitting nodes instead.
+            bound = self.key_bounds_score(job) and not job.request.prefer
             it = self.index_for(job).ordered(cluster)
             try:
                 for key, name in it:
@@ -350,7 +366,7 @@ class PolicyBase:
                         if bound:
                             # Branch and bound: no node further down can beat
                             # the best score found once its key reaches it.
-                            if key >= min(t[0] for t in scored):
+                            if key >= best_score:
                                 break
                         elif len(scored) >= want:
                             break

@@ -123,31 +123,43 @@ class Request:
         *,
         mem_free: int | None = None,
         p_up: Callable[[str, float], float] | None = None,
+        explain: bool = True,
     ) -> tuple[str, str] | None:
         """(rule, reason) telling why `node` cannot take the job, or None when every
         hard clause holds. Rules: node, label, cpus, mem, avail.
 
         mem_free: the node's free memory after reservations not yet seen by its
-        probe (default node.mem_free); p_up(node, horizon) gives P(up for horizon).
+        probe (default node.mem_free); p_up(node, horizon) gives P(up for horizon);
+        explain=False leaves the reason empty (cheaper, for counting only).
         """
         if self.nodes is not None and node.name not in self.nodes:
             return "node", "not among the requested nodes"
         if node.name in self.not_nodes:
             return "node", "excluded by name"
         if self.labels and not self.labels <= node.labels:
+            if not explain:
+                return "label", ""
             missing = ",".join(sorted(self.labels - node.labels))
             return "label", f"lacks label {missing}"
         for group in self.any_labels:
             if not group & node.labels:
+                if not explain:
+                    return "label", ""
                 return "label", f"has none of the labels {','.join(sorted(group))}"
         bad = self.not_labels & node.labels
         if bad:
+            if not explain:
+                return "label", ""
             return "label", f"has excluded label {','.join(sorted(bad))}"
         if node.cpus < self.cpus:
+            if not explain:
+                return "cpus", ""
             return "cpus", f"{node.cpus} CPUs < {self.cpus} requested"
         if self.mem:
             free = node.mem_free if mem_free is None else mem_free
             if free < self.mem:
+                if not explain:
+                    return "mem", ""
                 return (
                     "mem",
                     f"{format_size(free)} free < {format_size(self.mem)} requested",
@@ -156,6 +168,8 @@ class Request:
             for a in self.avail:
                 p = p_up(node.name, a.horizon)
                 if p < a.p:
+                    if not explain:
+                        return "avail", ""
                     return (
                         "avail",
                         f"P(up {format_duration(a.horizon)}) = {p:.3f} < {a.p:g}",

@@ -65,8 +65,12 @@ class Scheduler:
         *,
         now: float = 0.0,
         factory: Callable[[str], type] | None = None,
+        explain_all_up_to: int | None = None,
     ) -> None:
-        """factory(name) -> policy class; default: the `ssi.policies` entry points."""
+        """factory(name) -> policy class; default: the `ssi.policies` entry points.
+        explain_all_up_to: clusters up to this size get every node examined and
+        explained at each placement (default: the policy's, 64)."""
+        self.explain_all_up_to = explain_all_up_to
         self.cluster = cluster if cluster is not None else ClusterView()
         self._factory = factory or (lambda name: load(GROUP_POLICIES, name))
         self._records: OrderedDict[str, JobRecord] = OrderedDict()
@@ -82,6 +86,8 @@ class Scheduler:
         if params:
             inst.configure(**params)
         assert isinstance(inst, Policy)
+        if self.explain_all_up_to is not None and hasattr(inst, "full_explain_nodes"):
+            inst.full_explain_nodes = self.explain_all_up_to
         return inst
 
     @property

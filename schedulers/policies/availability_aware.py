@@ -90,7 +90,7 @@ class AvailabilityAware(LeastLoaded):
 
     def index_for(self, job: JobRequest) -> NodeIndex:
         if self.horizon(job) is None:
-            return self.index()
+            return super().index_for(job)
         if self._avail_index is None:
             self._avail_index = self.make_index(self._avail_key)
         return self._avail_index

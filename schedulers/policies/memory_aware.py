@@ -14,6 +14,7 @@ cooldown as in mosix.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -21,9 +22,12 @@ from typing import ClassVar
 from schedulers.base import BaseParams, PolicyBase, request_of
 from schedulers.cluster import ClusterView
 from schedulers.decisions import JobNote, MigrationDecision, RebalancePlan
+from schedulers.index import NodeIndex
 from schedulers.params import param
 from schedulers.units import format_size
 from schedulers.views import JobRequest, JobView, NodeView
+
+MEM_CLASSES = (0,) + tuple(2**k for k in range(28, 44))  # 0, 256M ... 8T
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,16 @@ class MemoryAware(PolicyBase):
         super().__init__()
         self._last_round: float | None = None
         self._moved_at: dict[str, float] = {}
+        self._by_mem: dict[int, NodeIndex] = {}
+
+    def configure(self, **params: object) -> None:
+        super().configure(**params)
+        for index in self._by_mem.values():
+            index.invalidate()
+
+    def start(self, cluster: ClusterView, now: float) -> None:
+        super().start(cluster, now)
+        self._by_mem.clear()
 
     def _free_fraction(self, cluster: ClusterView, node: NodeView, extra: int) -> float:
         if node.mem_total <= 0:
@@ -63,13 +77,30 @@ class MemoryAware(PolicyBase):
         return (cluster.mem_free(node.name) - extra) / node.mem_total
 
     def index_key(self, cluster: ClusterView, node: str) -> float | None:
+        return self._key(cluster, node, 0)
+
+    def _key(self, cluster: ClusterView, node: str, mem: int) -> float:
         v = cluster.nodes[node]
         return (
             1.0
-            - self._free_fraction(cluster, v, 0)
+            - self._free_fraction(cluster, v, mem)
             + v.mem_pressure / 100.0
             + self.p.load_weight * cluster.norm_load(node)
         )
+
+    def index_for(self, job: JobRequest) -> NodeIndex:
+        """One index per memory class m (0, then powers of two from 256M) keyed as
+        the score of a job of m bytes: a lower bound for any job of >= m bytes,
+        so the search can stop early and stay exact."""
+        if job.mem < MEM_CLASSES[1]:
+            return self.index()
+        m = MEM_CLASSES[bisect.bisect_right(MEM_CLASSES, job.mem) - 1]
+        index = self._by_mem.get(m)
+        if index is None:
+            index = self._by_mem[m] = self.make_index(
+                lambda cluster, node: self._key(cluster, node, m)
+            )
+        return index
 
     def key_bounds_score(self, job: JobRequest) -> bool:
         return True  # the score only adds the job's own needs to the key

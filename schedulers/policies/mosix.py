@@ -4,13 +4,16 @@ Kerrighed's rule, made central and given a cost model. At most every `interval`
 (2 s), for each node from the most loaded down, take its second most CPU-demanding
 migratable job (the most demanding if it has only one) and find the node t that
 minimises (load_t + stab_factor x job demand) / capacity_t; move the job if that is
-still lower than the source's normalised load by `hysteresis` and the expected gain
-beats the cost: gain = the seconds the move saves (the job and its neighbours at
-the source run faster, those at the target slower while it is there; a job's
-remaining time is its declared time minus its age, else its age), cost = fixed_cost +
-rss / bandwidth (more if it dirties memory fast); the gain must exceed gain_factor x
-cost. One migration per source per round; a migrated job rests `job_cooldown`, and may
-not return to a node it left within `return_cooldown`: no ping-pong.
+still lower than the source's normalised load by `hysteresis`, the job itself would
+not run slower there (a fast crowded node can beat a slow idle one), and the
+expected gain beats the cost: gain = the seconds the move saves (the job and its
+neighbours at the source run faster, those at the target slower while it is there;
+a job's remaining time is its declared time minus its age, else its age), cost =
+fixed_cost + rss / bandwidth (more if it dirties memory fast); the gain must exceed
+gain_factor x cost. One migration per source per round, `candidates` jobs tried per
+source, at most 4096 target nodes examined per round (bounded at 10,000 nodes); a
+migrated job rests `job_cooldown`, and may not return to a node it left within
+`return_cooldown`: no ping-pong.
 
 Example (1 CPU per node, 6 CPU-bound jobs of age 60 s on n1, stab 1.3): loads 6/0/0
 -> n1 sends one job to n2 (0 + 1.3 < 6) -> 5/1/0 -> one to n3 -> 4/1/1 -> one to n2
@@ -32,6 +35,7 @@ from schedulers.units import format_size
 from schedulers.views import JobRequest, JobView
 
 TARGETS_SCORED = 8  # fitting targets, best by index order, scored exactly per move
+ROUND_BUDGET = 4096  # target nodes examined per round at most (bounded rounds)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class MosixParams(LoadParams):
         2.0, "the expected gain must exceed this many times the cost", min=0
     )
     max_migrations: int = param(16, "migrations per round, at most", min=1)
+    candidates: int = param(
+        3, "jobs of one source tried per round (Kerrighed: 1)", min=1
+    )
 
 
 def _rate(speed: float, cpus: int, load: float) -> float:
@@ -86,6 +93,7 @@ class Mosix(LeastLoaded):
         self._last_round: float | None = None
         self._moved_at: dict[str, float] = {}
         self._left: dict[str, tuple[str, float]] = {}  # job -> (node it left, when)
+        self._budget = ROUND_BUDGET
 
     def start(self, cluster: ClusterView, now: float) -> None:
         super().start(cluster, now)
@@ -110,6 +118,14 @@ class Mosix(LeastLoaded):
         transfer = job.rss / p.bandwidth
         dirty = min(1.0, job.dirty_rate / p.bandwidth)  # post-copy: bounded
         return p.fixed_cost + transfer * (1.0 + dirty)
+
+    def speedup(self, job: JobView, src: str, dst: str, cluster: ClusterView) -> float:
+        """How much faster the job itself would run on dst (< 1: slower)."""
+        s, t = cluster.nodes[src], cluster.nodes[dst]
+        ls = cluster.load(src, self.p.load_source)
+        lt = cluster.load(dst, self.p.load_source)
+        rs = _rate(s.cpu_speed, s.cpus, ls)
+        return _rate(t.cpu_speed, t.cpus, lt + job.cpu_demand) / max(rs, 1e-12)
 
     def gain(
         self, job: JobView, src: str, dst: str, cluster: ClusterView, now: float
@@ -169,7 +185,10 @@ class Mosix(LeastLoaded):
                 if name in exclude:
                     continue
                 node = cluster.nodes[name]
-                if self.filter(req, cluster, node, now) is not None:
+                if self._budget <= 0:
+                    break
+                self._budget -= 1
+                if self.filter(req, cluster, node, now, explain=False) is not None:
                     continue
                 fitting += 1
                 lt = cluster.load(name, self.p.load_source)
@@ -183,6 +202,8 @@ class Mosix(LeastLoaded):
         finally:
             it.close()
         if best is None:
+            if self._budget <= 0:
+                return None, "not examined: this round's budget is spent"
             return None, "no other node fits it"
         if best[0] >= limit:
             return None, (
@@ -197,6 +218,7 @@ class Mosix(LeastLoaded):
             wait = p.interval - (now - self._last_round)
             return RebalancePlan(self.name, now, summary=f"next round in {wait:.1f}s")
         self._last_round = now
+        self._budget = ROUND_BUDGET
         src_load = p.load_source
         floor = self.index().best(cluster)
         if floor is None:
@@ -228,11 +250,21 @@ class Mosix(LeastLoaded):
                     notes.append(JobNote(job.id, src, why))
             # Kerrighed: the second most loaded task first (the most loaded one is
             # likely the reason the node is busy for long; moving it hurts most).
-            order = eligible[1:2] + eligible[:1] + eligible[2:]
+            order = eligible[1:2] + eligible[:1] + eligible[2 : p.candidates]
             for job in order:
                 target, why = self._target(job, src, limit, cluster, now)
                 if target is None:
                     notes.append(JobNote(job.id, src, why))
+                    continue
+                own = self.speedup(job, src, target, cluster)
+                if own < 1.0:
+                    notes.append(
+                        JobNote(
+                            job.id,
+                            src,
+                            f"{why}, but it would run {1 / own:.2f}x slower there",
+                        )
+                    )
                     continue
                 gain = self.gain(job, src, target, cluster, now)
                 cost = self.cost(job)

@@ -199,14 +199,18 @@ class Simulation:
         self.nodes[node].jobs[job.spec.id] = job
         self._refresh(node)
 
-    def _drain_queue(self, budget: int = 32) -> None:
+    def _drain_queue(self, budget: int = 8, misses: int = 2) -> None:
+        """Retries waiting jobs in order (a few, with a little backfilling: up to
+        `misses` that still fit nowhere are stepped over)."""
         kept: list[str] = []
+        missed = 0
         for i, jid in enumerate(self._queue):
-            if i >= budget:
+            if i >= budget or missed >= misses:
                 kept += self._queue[i:]
                 break
             if not self._try_place(self.jobs[jid]):
                 kept.append(jid)
+                missed += 1
         self._queue = kept
 
     # --- events ---------------------------------------------------------------------
@@ -322,7 +326,9 @@ class Simulation:
             if t >= 0:
                 break
             model.record_kind(name, kind, t)
-        self.sched = Scheduler(cluster, self.policy_name, self.params)
+        self.sched = Scheduler(
+            cluster, self.policy_name, self.params, explain_all_up_to=0
+        )
         for name, node in self.nodes.items():
             h = model.history(name)
             node.up = h.up_since is not None
