@@ -24,8 +24,9 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     - cwd: absolute; where the job starts and where relative stdio paths point.
     - stdin: a file to read ("/dev/null" by default). stdout, stderr: files appended
       to, created 0644; defaults <cwd>/ssi-<job_id>.out and .err (as Slurm's
-      slurm-<id>.out). The same path for both shares one open file. All three are
-      opened by the job's init as the job's user, never by root.
+      slurm-<id>.out). The same path for both shares one open file. All three, and
+      cwd, are opened by the job's main process once it is the job's user, never by
+      root on its behalf.
     """
 
     argv: list[str]
@@ -75,8 +76,8 @@ class ExitStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     "wait" (no status file; the init's own wait status, e.g. killed by SIGKILL),
     "checkpoint" (stopped by a checkpoint, to be restored), "unknown" (ended while
     nobody could see how: e.g. the init SIGKILLed while ssid was down).
-    utime, stime, maxrss_kb come from the init's getrusage (the job's own processes,
-    user-writable); cpu_seconds from the job's cgroup (kernel accounting).
+    utime, stime, maxrss_kb come from the init's getrusage (the processes it reaped);
+    cpu_seconds from the job's cgroup (every process the job ever had).
     """
 
     source: str

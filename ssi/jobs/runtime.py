@@ -9,11 +9,15 @@
 On disk, so that a new runtime (after an ssid crash) adopts what runs and learns how
 the rest ended:
 
-    <root>/<job_id>/job.json          JobRecord (root only)
-    <root>/<job_id>/restore.log       CRIU's log of the last restore here
-    <status_dir>/<uid>/<job_id>.json  the init's status file, written as the job's user
-                                      at exit: the same path on every node, since a
-                                      restored init keeps its arguments
+    <root>/<job_id>/job.json         JobRecord
+    <root>/<job_id>/dump.log         CRIU's log of the last checkpoint (kept on failure)
+    <root>/<job_id>/restore.log      CRIU's log of the last restore here
+    <status_dir>/<job_id>.json       the init's status file, written at exit; the same
+                                     path on every node, since a restored init keeps its
+                                     arguments. status_dir is also the init's cwd.
+
+The init runs as root (CRIU needs the root task of a PID namespace to mount a /proc
+for it); the command runs as the user, who also opens its stdio files and cwd.
 
 Jobs run without a parent-death signal: they outlive ssid. Call set_child_subreaper()
 in the daemon so that restored inits, and jobs left by a crashed predecessor, are
@@ -134,8 +138,8 @@ class JobRuntime:
         init: Path | None = None,
     ) -> None:
         """root: this node's job directory. cgroups: default detect(cgroup_base).
-        status_dir: where inits write their status files; must be the same path on
-        every node of the cluster and searchable by every user (0755 up to /)."""
+        status_dir: where inits write their status files, and their cwd: the same
+        path on every node of the cluster (a restored init keeps both)."""
         self.root = Path(root)
         self.criu = criu
         self.node = node
@@ -145,7 +149,7 @@ class JobRuntime:
         if not os.access(self.init, os.X_OK):
             raise Internal(f"job init {self.init} is missing: run scripts/setup.sh")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.status_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._jobs: dict[str, LocalJob] = {}
         self._lock = threading.Lock()
         self._criu_version: str | None = None
@@ -212,7 +216,7 @@ class JobRuntime:
             node=self.node,
             state=JobState.STARTING,
             started=started,
-            status_file=str(self.status_dir / str(spec.uid) / f"{job_id}.json"),
+            status_file=str(self.status_dir / f"{job_id}.json"),
             stdin=where(spec.stdin, "/dev/null"),
             stdout=where(spec.stdout, f"ssi-{job_id}.out"),
             stderr=where(spec.stderr, f"ssi-{job_id}.err"),
@@ -232,6 +236,10 @@ class JobRuntime:
         argv = [
             str(self.init),
             "--status-file", rec.status_file,
+            "--uid", str(spec.uid),
+            "--gid", str(spec.gid),
+            "--groups", ",".join(map(str, spec.groups)),
+            "--cwd", spec.cwd,
             "--stdin", rec.stdin,
             "--stdout", rec.stdout,
             "--stderr", rec.stderr,
@@ -245,10 +253,7 @@ class JobRuntime:
                     argv,
                     namespaces=JOB_NAMESPACES,
                     hostname=_hostname(job.job_id, spec.name),
-                    uid=spec.uid,
-                    gid=spec.gid,
-                    groups=spec.groups,
-                    cwd=spec.cwd,
+                    cwd=str(self.status_dir),
                     env=env,
                     stdin=null,
                     stdout=null,
@@ -257,9 +262,8 @@ class JobRuntime:
                     new_session=True,
                 )
             except OSError as e:
-                raise BadRequest(
-                    f"cannot start job {job.job_id}: {e.strerror or e}",
-                    details={"job": job.job_id},
+                raise Internal(
+                    f"cannot start the init of job {job.job_id}: {e}"
                 ) from None
             finally:
                 theirs.close()
@@ -269,6 +273,7 @@ class JobRuntime:
             try:
                 self.cgroups.add(job.job_id, pid)
                 self._save(job)
+                ours.sendall(b"G")  # in its cgroup: it may start the command
                 report = _read_line(ours, self.START_TIMEOUT)
                 if report != "ok":
                     why = report.removeprefix("error: ") or "the init said nothing"
@@ -276,9 +281,7 @@ class JobRuntime:
                         f"cannot start job {job.job_id}: {why}",
                         details={"job": job.job_id},
                     )
-                ours.sendall(b"G")
             except BaseException:
-                # The init exits 125 on EOF without "G"; make sure, and reap it.
                 ours.close()
                 self._kill_and_reap(job)
                 raise
@@ -288,21 +291,7 @@ class JobRuntime:
             ours.close()
 
     def _prepare_status(self, rec: JobRecord) -> None:
-        """<status_dir>/<uid>/ owned by the user, 0700; no stale status file."""
-        spec = rec.spec
-        d = Path(rec.status_file).parent
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode):
-            d.unlink()
-            d.mkdir(mode=0o700)
-            st = os.lstat(d)
-        if st.st_uid != spec.uid or stat.S_IMODE(st.st_mode) != 0o700:
-            os.chown(d, spec.uid, spec.gid, follow_symlinks=False)
-            os.chmod(d, 0o700)
+        """No stale status file of an earlier incarnation of the job id."""
         for stale in (rec.status_file, rec.status_file + ".tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)
@@ -458,8 +447,8 @@ class JobRuntime:
         return msgspec.structs.replace(status, cpu_seconds=cpu)
 
     def _read_status(self, job: LocalJob) -> ExitStatus | None:
-        """The init's status file, if it is there and the job's user (or root) wrote
-        it; opened without following links, size-capped."""
+        """The init's status file, if it is there and root (the init) wrote it;
+        opened without following links, size-capped."""
         path = job.record.status_file
         try:
             fd = os.open(
@@ -469,9 +458,9 @@ class JobRuntime:
             return None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid not in (job.spec.uid, 0):
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
                 log.warning(
-                    "op=job.status job=%s ignoring %s: not the user's", job.job_id, path
+                    "op=job.status job=%s ignoring %s: not root's", job.job_id, path
                 )
                 return None
             raw = os.read(fd, _STATUS_MAX)

@@ -13,13 +13,15 @@ import contextlib
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from ssi.checkpoint import Criu
+from ssi.checkpoint import Criu, CriuError
 from ssi.jobs.cgroups import Cgroups, detect
+from ssi.jobs.model import JobSpec
 from ssi.jobs.runtime import JobRuntime
 
 T = TypeVar("T")
@@ -109,3 +111,27 @@ def user_dir(uid: int = NOBODY, gid: int = NOBODY) -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+_OTHER_USERS: dict[str, str | None] = {}
+
+
+def other_users_blocker(criu_: Criu) -> str | None:
+    """None if this CRIU can dump a job of another user than root here, else what
+    stops it: e.g. a root without CAP_SYS_RESOURCE cannot read the task's rlimits
+    with stock CRIU 4.1.1 ("Can't get rlimit 0: Operation not permitted").
+    Found by trying once per CRIU binary."""
+    if criu_.binary not in _OTHER_USERS:
+        with (
+            tempfile.TemporaryDirectory(prefix="ssi-t-") as tmp,
+            user_dir() as work,
+            scratch_runtime(Path(tmp), criu_) as rt,
+        ):
+            spec = JobSpec(argv=["sleep", "60"], cwd=str(work), uid=NOBODY, gid=NOBODY)
+            rt.start("probe", spec)
+            try:
+                rt.checkpoint("probe", Path(tmp) / "ck", leave_running=True)
+                _OTHER_USERS[criu_.binary] = None
+            except CriuError as e:
+                _OTHER_USERS[criu_.binary] = e.blocker or str(e)
+    return _OTHER_USERS[criu_.binary]
