@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 
-from schedulers.availability import AvailabilityModel
+from schedulers.availability import AvailabilityModel, NodeAvailability, NodeHistory
 from schedulers.request import Request
 from schedulers.views import JobView, NodeEvent, NodeEventKind, NodeState, NodeView
 
@@ -246,6 +246,14 @@ class ClusterView:
 
     def p_up(self, node: str, horizon: float, now: float) -> float:
         return self.availability.p_up(node, horizon, now)
+
+    def history(self, node: str) -> NodeHistory:
+        """The node's up/down intervals (NodeHistory.to_dict() to persist them)."""
+        return self.availability.history(node)
+
+    def availability_of(self, node: str, now: float) -> NodeAvailability:
+        """Failures, MTBF, uptime share, fitted shape, correlation group."""
+        return self.availability.describe(node, now)
 
     def group_nodes(self, group: str) -> dict[str, int]:
         """Nodes hosting jobs of a group, with how many each."""

@@ -74,7 +74,7 @@ class CpuLoadProbe:
     def sample(self, now: float) -> CpuSample:
         stat = read_stat_fields(self.root)
         runnable = max(0, stat.get("procs_running", [1])[0] - 1)
-        cpus = os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0)) or 1  # what a cpuset leaves us
         loadavg1 = float((self.root / "loadavg").read_text().split()[0])
         if self._load is None or self._last is None:
             self._load = loadavg1

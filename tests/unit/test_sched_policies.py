@@ -444,3 +444,23 @@ def test_a_policy_is_a_plugin_like_any_other() -> None:
     ):
         assert issubclass(cls, PolicyBase) and cls.api_version == 1
         assert cls.__doc__ and cls.name
+
+
+def test_lost_node_jobs_restart_elsewhere_and_history_is_kept() -> None:
+    c = cluster_of(NodeView("a", cpus=2), NodeView("b", cpus=2))
+    s = Scheduler(c, "least_loaded")
+    for n in ("a", "b"):
+        s.node_event(NodeEvent(NodeEventKind.ADDED, n, 0.0))
+    s.place(job("j", "node in (a,b)"), 1.0)
+    lost = c.jobs["j"].node
+    assert s.node_event(NodeEvent(NodeEventKind.LOST, lost, 100.0, "heartbeat")) == []
+    assert c.nodes[lost].state is NodeState.LOST
+    again = s.place(
+        JobRequest("j", parse_request("node in (a,b)"), restart=True), 101.0
+    )
+    assert again.node not in (None, lost) and c.job_count(lost) == 0
+    s.node_event(NodeEvent(NodeEventKind.RETURNED, lost, 200.0))
+    assert c.nodes[lost].state is NodeState.ONLINE
+    info = c.availability_of(lost, 300.0)
+    assert info.failures == 1 and info.up and info.age == 100.0
+    assert c.history(lost).intervals == [(0.0, 100.0, True)]

@@ -44,7 +44,7 @@ def test_cpu_load_probe_sees_a_busy_process() -> None:
     probe = CpuLoadProbe()
     probe.configure(tau="1s")
     first = probe.sample(time.monotonic())
-    assert first.cpus == os.cpu_count() and first.speed > 0
+    assert first.cpus == len(os.sched_getaffinity(0)) and first.speed > 0
     assert first.load == pytest.approx(first.loadavg1)  # the decayed load starts there
     child = subprocess.Popen([sys.executable, "-c", BURN.format(secs=2.0)])
     try:
@@ -168,7 +168,7 @@ def test_node_sampler_report_makes_a_node_view() -> None:
     report = sampler.sample(t + 0.2)
     for key in ("cpus", "cpu_speed", "load", "mem_total", "mem_free", "io_busy"):
         assert key in report
-    assert report["cpus"] == os.cpu_count()
+    assert report["cpus"] == len(os.sched_getaffinity(0))
     view = view_from_report(
         "me", report, labels=["ssd"], job_demand=100.0, state=NodeState.DRAINING
     )
