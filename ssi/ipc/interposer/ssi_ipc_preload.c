@@ -915,8 +915,14 @@ static void at_parent(void)
 
 static void at_child(void)
 {
-	pthread_mutex_unlock(&pool_lock);
-	pthread_mutex_unlock(&shm_lock);
+	/* the child's only thread is not the owner the recursive lock remembers:
+	 * start both locks afresh instead of unlocking them */
+	pthread_mutexattr_t attr;
+	pthread_mutexattr_init(&attr);
+	pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&shm_lock, &attr);
+	pthread_mutexattr_destroy(&attr);
+	pthread_mutex_init(&pool_lock, NULL);
 	if (atts)
 		__atomic_store_n(&need_reinherit, 1, __ATOMIC_RELEASE);
 }
@@ -1320,6 +1326,11 @@ void *shmat(int shmid, const void *shmaddr, int shmflg)
 	a->id = shmid;
 	a->flags = shmflg & (SHM_RDONLY | SHM_EXEC);
 	pthread_mutex_lock(&shm_lock);
+	/* another attachment of this segment here publishes first: the new copy starts
+	 * with what this process wrote */
+	for (struct att *o = atts; o; o = o->next)
+		if (o->id == shmid)
+			push(o);
 	int rc = pull(a);
 	if (rc == 0) {
 		a->next = atts;
