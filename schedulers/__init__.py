@@ -18,3 +18,51 @@ api.py holds the plugin protocols (Probe, JobProbe, Filter, Policy) and API_VERS
 base.py the shared half of a policy; policies/ one file per built-in policy;
 availability.py the up/down history and the Kondo-style correlated predictor.
 """
+
+from schedulers.api import API_VERSION
+from schedulers.availability import AvailabilityModel, NodeHistory
+from schedulers.cluster import ClusterView
+from schedulers.decisions import (
+    JobNote,
+    MigrationDecision,
+    NodeVerdict,
+    Placement,
+    RebalancePlan,
+)
+from schedulers.loader import PluginError, PluginVersionError
+from schedulers.params import ParamError
+from schedulers.request import Request, RequestError, parse_request
+from schedulers.scheduler import Scheduler
+from schedulers.views import (
+    JobRequest,
+    JobView,
+    NodeEvent,
+    NodeEventKind,
+    NodeState,
+    NodeView,
+)
+
+__all__ = [
+    "API_VERSION",
+    "AvailabilityModel",
+    "ClusterView",
+    "JobNote",
+    "JobRequest",
+    "JobView",
+    "MigrationDecision",
+    "NodeEvent",
+    "NodeEventKind",
+    "NodeHistory",
+    "NodeState",
+    "NodeVerdict",
+    "NodeView",
+    "ParamError",
+    "Placement",
+    "PluginError",
+    "PluginVersionError",
+    "RebalancePlan",
+    "Request",
+    "RequestError",
+    "Scheduler",
+    "parse_request",
+]
