@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import zmq.utils.z85
 
@@ -69,7 +69,6 @@ class Coordinator:
         self.peers = peers
         self.jobs = JobManager(cfg, store, events, peers)
         self.handlers = {**self._handlers(), **self.jobs.handlers()}
-        assert set(self.handlers) == self.OPS
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -100,36 +99,22 @@ class Coordinator:
     def _refresh_keys(self) -> None:
         self._keys = {r.public_key for r in self.store.nodes()}
 
-    NODE_OPS = frozenset(
-        {
-            m.NodeJoin.op,
-            m.NodeHello.op,
-            m.Heartbeat.op,
-            m.NodeList.op,
-            m.NodeShow.op,
-            m.NodeToken.op,
-            m.NodeDrain.op,
-            m.NodeResume.op,
-            m.NodeEvict.op,
-            m.ClusterStatus.op,
-        }
-    )
-
-    OPS = NODE_OPS | JobManager.OPS
+    NODE_HANDLERS: ClassVar[dict[str, str]] = {
+        m.NodeJoin.op: "on_join",
+        m.NodeHello.op: "on_hello",
+        m.Heartbeat.op: "on_heartbeat",
+        m.NodeList.op: "on_list",
+        m.NodeShow.op: "on_show",
+        m.NodeToken.op: "on_token",
+        m.NodeDrain.op: "on_drain",
+        m.NodeResume.op: "on_resume",
+        m.NodeEvict.op: "on_evict",
+        m.ClusterStatus.op: "on_status",
+    }
+    OPS = frozenset(NODE_HANDLERS) | JobManager.OPS
 
     def _handlers(self) -> Mapping[str, Any]:
-        return {
-            m.NodeJoin.op: self.on_join,
-            m.NodeHello.op: self.on_hello,
-            m.Heartbeat.op: self.on_heartbeat,
-            m.NodeList.op: self.on_list,
-            m.NodeShow.op: self.on_show,
-            m.NodeToken.op: self.on_token,
-            m.NodeDrain.op: self.on_drain,
-            m.NodeResume.op: self.on_resume,
-            m.NodeEvict.op: self.on_evict,
-            m.ClusterStatus.op: self.on_status,
-        }
+        return {op: getattr(self, name) for op, name in self.NODE_HANDLERS.items()}
 
     def welcome(self) -> Welcome:
         c = self.cfg.cluster

@@ -20,7 +20,7 @@ import pwd
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
 from ssi.cluster.peers import Peers, endpoint
@@ -35,7 +35,15 @@ from ssi.cluster.store import (
 )
 from ssi.config import Config
 from ssi.proto import messages as m
-from ssi.proto.errors import BadRequest, Conflict, Denied, NotFound, SsiError, Timeout
+from ssi.proto.errors import (
+    BadRequest,
+    Conflict,
+    Denied,
+    Internal,
+    NotFound,
+    SsiError,
+    Timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +58,26 @@ def state_of_exit(status: Mapping[str, Any]) -> JobState:
 
 
 class JobManager:
-    OPS = frozenset(
-        {
-            m.JobSubmit.op,
-            m.JobList.op,
-            m.JobShow.op,
-            m.JobWait.op,
-            m.JobKill.op,
-            m.JobSuspend.op,
-            m.JobResume.op,
-            m.JobHold.op,
-            m.JobRelease.op,
-            m.JobCheckpoint.op,
-            m.JobCheckpoints.op,
-            m.JobRestart.op,
-            m.JobWhy.op,
-            m.JobEnded.op,
-            m.JobsHere.op,
-        }
-    )
+    HANDLERS: ClassVar[dict[str, str]] = {
+        m.JobSubmit.op: "on_submit",
+        m.JobSubmitBatch.op: "on_submit_batch",
+        m.JobWaitAny.op: "on_wait_any",
+        m.JobList.op: "on_list",
+        m.JobShow.op: "on_show",
+        m.JobWait.op: "on_wait",
+        m.JobKill.op: "on_kill",
+        m.JobSuspend.op: "on_suspend",
+        m.JobResume.op: "on_resume",
+        m.JobHold.op: "on_hold",
+        m.JobRelease.op: "on_release",
+        m.JobCheckpoint.op: "on_checkpoint",
+        m.JobCheckpoints.op: "on_checkpoints",
+        m.JobRestart.op: "on_restart",
+        m.JobWhy.op: "on_why",
+        m.JobEnded.op: "on_ended",
+        m.JobsHere.op: "on_here",
+    }
+    OPS = frozenset(HANDLERS)
 
     def __init__(
         self, cfg: Config, store: StateStore, events: NodeEvents, peers: Peers
@@ -87,23 +96,7 @@ class JobManager:
     # --- plumbing ---------------------------------------------------------------------
 
     def handlers(self) -> dict[str, Any]:
-        return {
-            m.JobSubmit.op: self.on_submit,
-            m.JobList.op: self.on_list,
-            m.JobShow.op: self.on_show,
-            m.JobWait.op: self.on_wait,
-            m.JobKill.op: self.on_kill,
-            m.JobSuspend.op: self.on_suspend,
-            m.JobResume.op: self.on_resume,
-            m.JobHold.op: self.on_hold,
-            m.JobRelease.op: self.on_release,
-            m.JobCheckpoint.op: self.on_checkpoint,
-            m.JobCheckpoints.op: self.on_checkpoints,
-            m.JobRestart.op: self.on_restart,
-            m.JobWhy.op: self.on_why,
-            m.JobEnded.op: self.on_ended,
-            m.JobsHere.op: self.on_here,
-        }
+        return {op: getattr(self, name) for op, name in self.HANDLERS.items()}
 
     def spawn(self, coro: Any) -> None:
         """Background work whose failure is logged, never lost silently."""
@@ -200,30 +193,31 @@ class JobManager:
 
     # --- submission and start ---------------------------------------------------------
 
-    async def on_submit(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
-        body = env.body
-        assert isinstance(body, m.JobSubmit)
-        if env.uid is None or env.gid is None:
-            raise BadRequest("a job needs the submitter's uid and gid")
-        if not body.argv:
+    def _check(self, body: m.JobSubmit) -> None:
+        if not body.argv or not body.argv[0]:
             raise BadRequest("nothing to run: give a command after --")
         if not os.path.isabs(body.cwd):
             raise BadRequest(
                 f"the working directory must be an absolute path, not {body.cwd!r}"
             )
-        if body.ckpt_every < 0:
-            raise BadRequest("--ckpt-every takes a number of seconds > 0")
+        if body.ckpt_every < 0 or body.wall_limit < 0:
+            raise BadRequest("--ckpt-every and time limits take seconds >= 0")
         if body.node:
             self._node(body.node)
+
+    def _record(self, job_id: int, body: m.JobSubmit, env: m.Envelope) -> JobRecord:
+        """A new job's record from what its submitter asked; uid and gid from the
+        envelope, which the submitter's ssid filled from the socket's credentials."""
+        assert env.uid is not None and env.gid is not None
         try:
             pw = pwd.getpwuid(env.uid)
             user, groups = pw.pw_name, os.getgrouplist(pw.pw_name, env.gid)
         except KeyError:
             user, groups = str(env.uid), [env.gid]
-        job_id = self.store.next_job_id()
+        name = body.name or os.path.basename(body.argv[0])
         spec = {
             "argv": list(body.argv),
-            "name": body.name or os.path.basename(body.argv[0]),
+            "name": name,
             "cwd": body.cwd,
             "env": dict(body.env),
             "uid": env.uid,
@@ -233,10 +227,11 @@ class JobManager:
             "stdout": body.stdout or os.path.join(body.cwd, f"ssi-{job_id}.out"),
             "stderr": body.stderr or os.path.join(body.cwd, f"ssi-{job_id}.err"),
             "node": body.node,
+            "wall_limit": body.wall_limit,
         }
-        job = JobRecord(
+        return JobRecord(
             job_id,
-            str(spec["name"]),
+            name,
             env.uid,
             env.gid,
             user,
@@ -245,11 +240,34 @@ class JobManager:
             state=JobState.HELD if body.hold else JobState.QUEUED,
             ckpt_every=body.ckpt_every,
             submit_node=env.sender,
+            session=body.session,
         )
-        job = self._save(job, "submitted", by=user, node=env.sender)
-        if not body.hold:
-            self.spawn(self._place_and_start(job, cause=env.id))
-        return self.view(job)
+
+    async def on_submit(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobSubmit)
+        return (await self._submit([body], env))[0]
+
+    async def on_submit_batch(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
+        body = env.body
+        assert isinstance(body, m.JobSubmitBatch)
+        return await self._submit(body.jobs, env)
+
+    async def _submit(
+        self, bodies: list[m.JobSubmit], env: m.Envelope
+    ) -> list[dict[str, Any]]:
+        if env.uid is None or env.gid is None:
+            raise BadRequest("a job needs the submitter's uid and gid")
+        for body in bodies:
+            self._check(body)  # all or none: a bad one refuses the whole batch
+        ids = self.store.next_job_ids(len(bodies))
+        jobs = self.store.put_jobs(
+            [self._record(i, b, env) for i, b in zip(ids, bodies, strict=True)]
+        )
+        for job in jobs:
+            if job.state is JobState.QUEUED:
+                self.spawn(self._place_and_start(job, cause=env.id))
+        return [self.view(j) for j in jobs]
 
     async def _place_and_start(self, job: JobRecord, cause: str) -> None:
         placement = self.place(job)
@@ -373,9 +391,14 @@ class JobManager:
     async def on_list(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
         body = env.body
         assert isinstance(body, m.JobList)
-        jobs = self.store.jobs(ended=body.all)
+        jobs = self.store.jobs(ended=body.all or bool(body.ids))
         if body.user is not None:
             jobs = [j for j in jobs if j.uid == body.user]
+        if body.session:
+            jobs = [j for j in jobs if j.session == body.session]
+        if body.ids:
+            wanted = set(body.ids)
+            jobs = [j for j in jobs if j.id in wanted]
         return [self.view(j) for j in jobs]
 
     async def on_show(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
@@ -402,22 +425,46 @@ class JobManager:
     async def on_wait(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
         assert isinstance(body, m.JobWait)
-        job = self._job(body.job)
-        if not job.state.ended:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(job.id, []).append(fut)
+        self._job(body.job)
+        done = await self._wait_any([body.job], body.timeout)
+        assert done is not None
+        return done
+
+    async def on_wait_any(self, env: m.Envelope, peer: Any) -> dict[str, Any] | None:
+        body = env.body
+        assert isinstance(body, m.JobWaitAny)
+        for job_id in body.jobs:
+            self._job(job_id)
+        return await self._wait_any(body.jobs, body.timeout)
+
+    async def _wait_any(
+        self, ids: list[int], timeout: float | None
+    ) -> dict[str, Any] | None:
+        """The first of `ids` to have ended (at once if one has), Timeout else."""
+        if not ids:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            for job_id in ids:
+                job = self._job(job_id)
+                if job.state.ended:
+                    return self.view(job)
+                self._waiters.setdefault(job_id, []).append(fut)
             try:
-                await asyncio.wait_for(fut, body.timeout)
+                await asyncio.wait_for(fut, timeout)
             except TimeoutError:
-                raise Timeout(
-                    f"job {job.id} still {self._job(job.id).state.value} after "
-                    f"{body.timeout:g}s"
-                ) from None
-            finally:
-                waiters = self._waiters.get(job.id, [])
+                what = f"job {ids[0]}" if len(ids) == 1 else f"none of {len(ids)} jobs"
+                raise Timeout(f"{what} ended within {timeout:g}s") from None
+            for job_id in ids:
+                job = self._job(job_id)
+                if job.state.ended:
+                    return self.view(job)
+            raise Internal("woken by a job that had not ended")
+        finally:
+            for job_id in ids:
+                waiters = self._waiters.get(job_id, [])
                 if fut in waiters:
                     waiters.remove(fut)
-        return self.view(self._job(job.id))
 
     # --- control ----------------------------------------------------------------------
 

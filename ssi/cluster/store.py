@@ -88,6 +88,7 @@ class JobRecord:
     exit: dict[str, Any] | None = None  # the job init's status: exited/signaled, rusage
     ckpt_every: float = 0.0
     submit_node: str = ""
+    session: str = ""  # DRMAA session (contact string), "" for none
     rev: int = 0
 
     def but(self, **changes: Any) -> JobRecord:
@@ -121,7 +122,8 @@ class StateStore(Protocol):
     def delete_node(self, name: str, *, expect_rev: int | None = None) -> None: ...
     def add_token(self, digest: str, expires_at: float) -> None: ...
     def use_token(self, digest: str, now: float) -> str: ...
-    def next_job_id(self) -> int: ...
+    def next_job_ids(self, count: int = 1) -> range: ...
+    def put_jobs(self, jobs: list[JobRecord]) -> list[JobRecord]: ...
     def put_job(
         self, job: JobRecord, *, expect_rev: int | None = None
     ) -> JobRecord: ...
@@ -305,15 +307,28 @@ class SqliteStore:
 
     # --- jobs ---
 
-    def next_job_id(self) -> int:
+    def next_job_ids(self, count: int = 1) -> range:
+        """Reserves `count` new job ids."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             last = int(self.meta("last_job_id") or 0)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('last_job_id', ?)",
-                (str(last + 1),),
+                (str(last + count),),
             )
-            return last + 1
+            return range(last + 1, last + count + 1)
+
+    def put_jobs(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        """New jobs in one transaction (one fsync for a whole batch)."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            out = [replace(j, rev=self._bump()) for j in jobs]
+            rows = [
+                (j.id, j.state.value, int(j.state.ended), _job_json(j), j.rev)
+                for j in out
+            ]
+            self._db.executemany("INSERT INTO jobs VALUES (?, ?, ?, ?, ?)", rows)
+        return out
 
     def put_job(self, job: JobRecord, *, expect_rev: int | None = None) -> JobRecord:
         with self._db:

@@ -28,7 +28,7 @@ from ssi.config import Config
 from ssi.node.executor import Executor
 from ssi.node.membership_file import MembershipFile, Role
 from ssi.proto import messages as m
-from ssi.proto.errors import Conflict, Denied, NotFound, SsiError, Timeout, Unavailable
+from ssi.proto.errors import Conflict, Denied, NoReply, NotFound, SsiError, Unavailable
 from ssi.rpc.keys import KeyPair
 from ssi.rpc.zmq_rpc import RpcClient
 
@@ -42,26 +42,15 @@ ADMIN_OPS = {
     m.NodeResume.op,
     m.NodeEvict.op,
 }
-FORWARDED_OPS = {
-    m.NodeList.op,
-    m.NodeShow.op,
-    m.NodeToken.op,
-    m.NodeDrain.op,
-    m.NodeResume.op,
-    m.NodeEvict.op,
-    m.JobSubmit.op,
-    m.JobList.op,
-    m.JobShow.op,
-    m.JobWait.op,
-    m.JobKill.op,
-    m.JobSuspend.op,
-    m.JobResume.op,
-    m.JobHold.op,
-    m.JobRelease.op,
-    m.JobCheckpoint.op,
-    m.JobCheckpoints.op,
-    m.JobRestart.op,
-    m.JobWhy.op,
+# Everything the coordinator serves to users goes there with the caller's uid, except
+# what agents alone say (join, hello, heartbeats, job ends).
+FORWARDED_OPS = Coordinator.OPS - {
+    m.NodeJoin.op,
+    m.NodeHello.op,
+    m.Heartbeat.op,
+    m.JobEnded.op,
+    m.JobsHere.op,
+    m.ClusterStatus.op,
 }
 
 
@@ -181,7 +170,7 @@ class Agent:
             )
         try:
             return await self.coord.call(body, timeout=timeout or 10.0, **kw)
-        except Timeout:
+        except NoReply:
             assert self.membership is not None
             raise Unavailable(
                 f"the coordinator ({self.membership.coordinator} at "
@@ -355,7 +344,7 @@ class Agent:
                 resources=node_resources(),
             )
             value = await client.call(join, timeout=10.0, cause=env.id)
-        except Timeout:
+        except NoReply:
             raise Unavailable(
                 f"the coordinator at {token.address}:{token.port} did not answer: is "
                 "it running and reachable, and is the token from this cluster's "

@@ -177,7 +177,20 @@ class Executor:
         )
         job = await asyncio.to_thread(self.runtime.start, str(body.job), spec)
         self._watch(job)
+        limit = float(body.spec.get("wall_limit") or 0)
+        if limit > 0:
+            asyncio.get_running_loop().call_later(limit, self._over_time, job, 15)
         return {"pid": job.pid, "started_at": time.time()}
+
+    def _over_time(self, job: LocalJob, sig: int) -> None:
+        """A job past its wall-clock limit gets TERM, then KILL 5 s later."""
+        if not job.running:
+            return
+        log.info("job %s reached its wall-clock limit: signal %d", job.job_id, sig)
+        with contextlib.suppress(SsiError, OSError):
+            self.runtime.signal(job.job_id, sig, every_process=True)
+        if sig != 9:
+            asyncio.get_running_loop().call_later(5.0, self._over_time, job, 9)
 
     async def on_signal(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body

@@ -29,6 +29,7 @@ __all__ = [
     "NotFound",
     "Denied",
     "Timeout",
+    "NoReply",
     "Conflict",
     "Unavailable",
     "NodeGone",
@@ -95,6 +96,11 @@ class Denied(SsiError):
 class Timeout(SsiError):
     code = "timeout"
     exit_code = EXIT_TIMEOUT
+
+
+class NoReply(Timeout):
+    """The peer did not answer in time (raised by a client; never sent): unlike a
+    Timeout that a peer replied with, it says nothing about the request's fate."""
 
 
 class Conflict(SsiError):

@@ -288,11 +288,28 @@ class JobSubmit(Request[Any], tag="job.submit"):
     require: str = ""  # resource request language
     hold: bool = False
     ckpt_every: float = 0.0  # seconds between periodic checkpoints; 0: none
+    wall_limit: float = 0.0  # seconds of wall-clock time before it is killed; 0: none
+    session: str = ""  # a DRMAA session (contact) the job belongs to
+
+
+class JobSubmitBatch(Request[Any], tag="job.submit_batch"):
+    """Many jobs in one request and one store transaction (DRMAA bulk jobs)."""
+
+    jobs: list[JobSubmit]
 
 
 class JobList(Request[Any], tag="job.list"):
     all: bool = False  # include ended jobs (history)
     user: int | None = None  # only this uid's jobs
+    session: str = ""  # only this session's jobs
+    ids: list[int] = []  # only these jobs
+
+
+class JobWaitAny(Request[Any], tag="job.wait_any"):
+    """Waits until one of `jobs` has ended; returns it (None if `jobs` is empty)."""
+
+    jobs: list[int]
+    timeout: float | None = None
 
 
 class JobShow(Request[Any], tag="job.show"):

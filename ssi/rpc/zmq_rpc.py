@@ -27,7 +27,7 @@ import zmq.asyncio
 import zmq.utils.z85
 
 from ssi.proto.codec import DEFAULT_MAX_SIZE, decode_reply, encode_envelope
-from ssi.proto.errors import ProtocolError, Timeout, Unavailable
+from ssi.proto.errors import NoReply, ProtocolError, Unavailable
 from ssi.proto.messages import PROTOCOL_VERSION, Envelope, Request
 from ssi.rpc.base import (
     Dispatcher,
@@ -512,7 +512,7 @@ class RpcClient:
                 await self._sock.send_multipart([data])
                 reply = await fut
         except TimeoutError:
-            raise Timeout(
+            raise NoReply(
                 f"no reply to {body.op} from {self.endpoint} within {timeout:g} s",
                 details={"op": body.op, "endpoint": self.endpoint},
             ) from None

@@ -329,3 +329,36 @@ def test_other_users_jobs_are_not_yours(
         assert res.get("error") == "Denied" and res["exit"] == 4, res
     assert job(cluster, job_id)["state"] == "running"
     assert "ok" in as_user(NOBODY, attempt(m.JobList()))  # but may look
+
+
+def test_batch_submit_sessions_wait_any_and_wall_limit(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    env = {"PATH": os.environ["PATH"]}
+    batch = [
+        m.JobSubmit(
+            argv=["sh", "-c", f"exit {i}"], cwd=str(workdir), env=env, session="s1"
+        )
+        for i in range(5)
+    ]
+    jobs = cluster.call("node2", m.JobSubmitBatch(jobs=batch))
+    ids = [j["id"] for j in jobs]
+    assert ids == list(range(ids[0], ids[0] + 5))
+    first = cluster.call("node1", m.JobWaitAny(jobs=ids, timeout=20))
+    assert first["id"] in ids and first["state"] in ("done", "failed")
+    for job_id in ids:
+        cluster.call("node1", m.JobWait(job=job_id, timeout=20))
+    listed = cluster.call("node1", m.JobList(session="s1", all=True))
+    assert sorted(j["id"] for j in listed) == ids
+    assert sorted(j["exit"]["exited"] for j in listed) == [0, 1, 2, 3, 4]
+    # a bad job refuses the whole batch: nothing half-submitted
+    bad = [*batch[:2], m.JobSubmit(argv=["true"], cwd="relative")]
+    with pytest.raises(SsiError, match="absolute"):
+        cluster.call("node1", m.JobSubmitBatch(jobs=bad))
+    assert len(cluster.call("node1", m.JobList(session="s1", all=True))) == 5
+    slow = submit(cluster, ["sleep", "60"], workdir, wall_limit=0.5)
+    ended = cluster.call("node1", m.JobWait(job=slow["id"], timeout=20))
+    assert ended["state"] == "killed" and ended["exit"]["signaled"] == signal.SIGTERM
+    with pytest.raises(SsiError, match="none of 1|job"):
+        never = submit(cluster, ["sleep", "60"], workdir)
+        cluster.call("node1", m.JobWaitAny(jobs=[never["id"]], timeout=0.2))
