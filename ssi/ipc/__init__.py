@@ -1,19 +1,25 @@
 """ssi.ipc: cluster-wide System V message queues, semaphore sets and shared memory.
 
-    ssi.ipc API (api.py)          unmodified C program
-    MessageQueue/SemaphoreSet/        │ LD_PRELOAD interposer/ssi_ipc_preload.c
-    SharedMemory                      │ frames (wire.py) over a unix socket
-          │ Transport.call(op, **args)▼
-          │                     preload_server.py ── AsyncTransport.call(op, **args)
-          ▼                           ▼
-    LocalHub (in-process) | the daemon's client  ──▶ the object's home:
+    Python program                         unmodified C program
+    api.py MessageQueue/SemaphoreSet/          │ LD_PRELOAD interposer/ssi_ipc_preload.c
+    SharedMemory (+ Attachment)                │ frames of wire.py, unix socket
+          │ Transport.call(op, **args)         ▼
+          │                              preload_server.py (peer credentials)
+          │                                    │ AsyncTransport.call(op, **args)
+          ▼                                    ▼
+    local.py LocalHub (in process)  |  the daemon's client  ──▶  the object's home:
                                                      IpcTable.apply(op, caller)
                                                      -> Done | Blocked | OSError
-    IpcTable (table.py): msg.py, sem.py, shm.py objects; ops.py the ops, results and
-    outcomes; model.py credentials, limits, permission rules. All sans-IO.
+                                                     cancel(waiter), exit(client),
+                                                     snapshot()/restore()
 
-Consistency of shared memory: see ssi.ipc.shm (home-serialised explicit access,
-versioned pages, explicit-sync twins and diffs for attached copies).
+    table.py IpcTable: ids, keys, the kernel's checks in order, waiters, snapshots
+    msg.py / sem.py / shm.py: one object kind each; ops.py: ops, results, outcomes;
+    model.py: Caller, Perm, Limits, ipcperms. All sans-IO (no sockets, no threads);
+    api.py and local.py use locks, preload_server.py asyncio, interposer/ C.
+
+Shared memory consistency: see ssi.ipc.shm (home-serialised explicit read/write,
+versioned pages; attached copies are explicit-sync with twins and diffs).
 """
 
 from ssi.ipc.constants import CancelReason, Kind

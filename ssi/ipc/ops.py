@@ -203,8 +203,8 @@ class ShmPull(Op, frozen=True, tag="ipc.shmpull"):
 
 
 class ClientExit(Op, frozen=True, tag="ipc.exit"):
-    """The caller's client (process) is gone: apply its SEM_UNDO adjustments, detach
-    its segments, drop its parked ops."""
+    """The caller's client (process) is gone: its parked ops end (EINTR, in
+    `woken`), its SEM_UNDO adjustments are applied, its segments detached."""
 
 
 class ListObjects(Op, frozen=True, tag="ipc.list"):

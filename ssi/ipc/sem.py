@@ -219,17 +219,20 @@ class SemaphoreSetObject:
         self.ctime = now
 
     def apply_undo(self, client: str, limits: Limits, now: int) -> list[Wakeup]:
-        """exit(): the client's adjustments added back, clamped to [0, semvmx]
-        (ipc/sem.c:exit_sem); its parked operations dropped silently."""
+        """exit(): the client's parked operations end (EINTR), its adjustments are
+        added back, clamped to [0, semvmx] (ipc/sem.c:exit_sem), and the parked
+        operations of others are retried."""
+        gone = [w for w in self.pending if w.caller.client == client]
         self.pending = [w for w in self.pending if w.caller.client != client]
+        woken = [Wakeup(waiter=w.id, errno=errno.EINTR) for w in gone]
         record = self.undo.pop(client, None)
         if record is None:
-            return []
+            return woken
         for num, delta in enumerate(record.adj):
             if delta:
                 self.values[num] = min(max(self.values[num] + delta, 0), limits.semvmx)
                 self.pids[num] = record.pid
-        return self.update(limits, now)
+        return woken + self.update(limits, now)
 
     def set(self, change: PermSet, now: int) -> None:
         if change.uid is not None:

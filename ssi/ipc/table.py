@@ -784,16 +784,13 @@ class IpcTable:
         for obj in list(self._objects[Kind.SEM].values()):
             mine = any(w.caller.client == client for w in obj.pending)
             if client in obj.undo or mine:
-                for w in obj.pending:
-                    if w.caller.client == client:
-                        self._waiting.pop(w.id, None)
                 woken.extend(obj.apply_undo(client, self.limits, now))
                 changed.append(Ref(Kind.SEM, obj.id))
         for q in self._objects[Kind.MSG].values():
             for w in q.waiters():
                 if w.caller.client == client:
                     q.drop_waiter(w.id)
-                    self._waiting.pop(w.id, None)
+                    woken.append(Wakeup(waiter=w.id, errno=errno.EINTR))
                     if Ref(Kind.MSG, q.id) not in changed:
                         changed.append(Ref(Kind.MSG, q.id))
         for seg in list(self._objects[Kind.SHM].values()):

@@ -400,10 +400,11 @@ def test_permissions_on_send_and_receive(table: IpcTable) -> None:
 
 def test_exit_drops_parked_ops_of_the_client(table: IpcTable) -> None:
     q = new_queue(table, mode=0o666)
-    table.apply(MsgRcv(id=q, size=8), OTHER)
+    gone = table.apply(MsgRcv(id=q, size=8), OTHER)
     kept = table.apply(MsgRcv(id=q, size=8), OWNER)
     out = table.apply(ClientExit(), OTHER)
-    assert isinstance(out, Done) and out.woken == ()
+    assert isinstance(out, Done) and isinstance(gone, Blocked)
+    assert [(w.waiter, w.errno) for w in out.woken] == [(gone.waiter, errno.EINTR)]
     assert isinstance(kept, Blocked)
     assert [w.id for w in table.waiters()] == [kept.waiter]
     out = send(table, q, 1, b"to-owner")

@@ -323,7 +323,9 @@ def test_cancel_and_timeout(table: IpcTable) -> None:
 
 def test_exit_drops_parked_op_of_the_exiting_client(table: IpcTable) -> None:
     s = new_set(table, 1, mode=0o666)
-    table.apply(SemOp(id=s, sops=ops((0, -1))), B)
-    table.exit("b")
+    parked = table.apply(SemOp(id=s, sops=ops((0, -1))), B)
+    out = table.exit("b")
+    assert isinstance(parked, Blocked)
+    assert [(w.waiter, w.errno) for w in out.woken] == [(parked.waiter, errno.EINTR)]
     assert table.waiters() == []
     assert semop(table, s, *ops((0, 1))).woken == ()
