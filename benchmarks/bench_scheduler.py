@@ -14,7 +14,7 @@
 3. Long jobs on a flaky cluster: interruptions and work lost by policy.
 
     .venv/bin/python benchmarks/bench_scheduler.py [--sizes 100,1000,10000]
-        [--decisions 2000] [--sim-nodes 48] [--sim-jobs 3000] [--seed 1]
+        [--decisions 1000] [--sim-nodes 48] [--sim-jobs 3000] [--seed 1]
         [--sim-seeds 3]
 """
 
@@ -206,7 +206,7 @@ def flaky(seed: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--sizes", default="100,1000,10000")
-    ap.add_argument("--decisions", type=int, default=1500)
+    ap.add_argument("--decisions", type=int, default=1000)
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--sim-nodes", type=int, default=48)
     ap.add_argument("--sim-jobs", type=int, default=3000)
