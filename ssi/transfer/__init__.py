@@ -12,7 +12,8 @@ memory of both sides is bounded whatever the size. Every file's sha256 is checke
 arrival; the receiver renames the directory into place only when all files are
 verified and fsync'ed, so a failed or interrupted transfer leaves nothing that looks
 complete. protocol.py has the frames; engine.py the sender and receiver halves;
-files.py the disk side; link.py the sockets; server.py and client.py the two ends.
+files.py the disk side; link.py the sockets; server.py and client.py the two ends;
+stream.py sources for send_stream (pipes, FIFOs).
 """
 
 from ssi.transfer.client import fetch_dir, send_dir, send_stream
@@ -21,6 +22,7 @@ from ssi.transfer.errors import ChecksumMismatch, NoSpace, PeerGone, TransferErr
 from ssi.transfer.files import sweep_partials
 from ssi.transfer.protocol import Options
 from ssi.transfer.server import BulkPolicy, BulkServer, RootDirs
+from ssi.transfer.stream import chain, pipe_pieces
 
 __all__ = [
     "BulkPolicy",
@@ -33,7 +35,9 @@ __all__ = [
     "RootDirs",
     "TransferError",
     "TransferStats",
+    "chain",
     "fetch_dir",
+    "pipe_pieces",
     "send_dir",
     "send_stream",
     "sweep_partials",

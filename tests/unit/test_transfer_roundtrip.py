@@ -22,7 +22,9 @@ from ssi.transfer import (
     Options,
     RootDirs,
     TransferStats,
+    chain,
     fetch_dir,
+    pipe_pieces,
     send_dir,
     send_stream,
 )
@@ -294,6 +296,43 @@ def test_stream_round_trip(tmp_path: Path) -> None:
         assert (out / rel).read_bytes() == data
         assert (out / rel).stat().st_mode & 0o777 == 0o600
     assert (stats.files, stats.bytes) == (4, sum(map(len, blobs.values())))
+
+
+def test_stream_from_fifos(tmp_path: Path) -> None:
+    """Data written into FIFOs by another process goes straight to the server."""
+    import subprocess
+
+    blobs = {"pages-1.img": os.urandom(3 * MiB + 1), "core-1.img": os.urandom(999)}
+    for name, data in blobs.items():
+        (tmp_path / f"{name}.data").write_bytes(data)
+        os.mkfifo(tmp_path / name)
+    writer = subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            "cat pages-1.img.data > pages-1.img; cat core-1.img.data > core-1.img",
+        ],
+        cwd=tmp_path,
+    )
+
+    async def main() -> TransferStats:
+        env = await serving(tmp_path)
+        try:
+            pieces = chain(
+                pipe_pieces(tmp_path / "pages-1.img", "pages-1.img", piece_size=65536),
+                pipe_pieces(tmp_path / "core-1.img", "core-1.img"),
+            )
+            return await send_stream(env.endpoint, env.key, CLIENT, pieces, "mig-2")
+        finally:
+            await env.server.close()
+
+    try:
+        stats = run(main())
+    finally:
+        writer.wait(10)
+    for name, data in blobs.items():
+        assert (tmp_path / "in" / "mig-2" / name).read_bytes() == data
+    assert stats.files == 2
 
 
 def test_broken_streams_leave_nothing(tmp_path: Path) -> None:
