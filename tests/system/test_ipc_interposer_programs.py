@@ -324,8 +324,9 @@ int main(void)
         _exit(0);
     }
     usleep(300000);
-    SHOW("semctl rmid", semctl(s, 0, IPC_RMID));
-    waitpid(pid, NULL, 0);
+    int rmid_rc = semctl(s, 0, IPC_RMID);
+    waitpid(pid, NULL, 0); /* the child's line first, whoever is faster */
+    VALUE("semctl rmid", rmid_rc);
     SHOW("getval removed", semctl(s, 0, GETVAL));
 
     /* ---- shared memory ---- */
