@@ -83,6 +83,10 @@ class Link:
         self.last_heard = self._loop.time()
         self.inbox.put_nowait(item)
 
+    def heard(self) -> None:
+        """The peer showed it is alive (without a message for the engine)."""
+        self.last_heard = self._loop.time()
+
     def set_gone(self, why: str) -> None:
         if self.gone is None:
             self.gone = Gone(why)
@@ -184,6 +188,11 @@ def _plain(details: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a lost PING answer does not matter
+
+
 class ClientLink(Link):
     """A DEALER connection to a BulkServer, one per transfer."""
 
@@ -283,7 +292,11 @@ class ClientLink(Link):
                 self.deliver(e)
                 return
             if isinstance(header, p.Ping):
+                # Answer, so that a server waiting for a slow producer of ours
+                # (a stream) knows we are alive.
                 self.last_heard = self._loop.time()
+                answer = sock.send_multipart(p.encode(header), flags=zmq.NOBLOCK)
+                answer.add_done_callback(_retrieve)  # type: ignore[attr-defined]
                 continue
             self.deliver(Message(header, frames[2] if len(frames) == 3 else None))
 

@@ -26,10 +26,11 @@ Pull (client fetches a directory the server names):
 
 Either side may send ERR {code, message, details} at any time: the transfer is over
 and the receiver removes its partial data. PING (empty header) is the server's
-liveness probe; receivers ignore it. A file's DATA frames come in order of offset
-(`o`, starting at 0); its last frame (`last`, possibly with an empty payload) carries
-the sha256 of the whole file (`sha`, hex) and its permission bits (`mode`). Files may
-interleave (streaming); a path is never reopened once its last frame was sent.
+liveness probe after `probe_interval` of silence; the client answers with PING.
+A file's DATA frames come in order of offset (`o`, starting at 0); its last frame
+(`last`, possibly with an empty payload) carries the sha256 of the whole file (`sha`,
+hex) and its permission bits (`mode`). Files may interleave (streaming); a path is
+never reopened once its last frame was sent.
 """
 
 from __future__ import annotations

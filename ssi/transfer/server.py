@@ -265,7 +265,10 @@ class BulkServer:
             return
         payload = frames[3] if len(frames) == 4 else None
         if session is not None:
-            session[0].deliver(Message(header, payload))
+            if isinstance(header, p.Ping):  # the client's answer to our probe
+                session[0].heard()
+            else:
+                session[0].deliver(Message(header, payload))
             return
         if not isinstance(header, p.Put | p.Get):
             if not isinstance(header, p.Err | p.Done | p.Credit):  # a late straggler

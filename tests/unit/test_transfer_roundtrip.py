@@ -335,6 +335,27 @@ def test_stream_from_fifos(tmp_path: Path) -> None:
     assert stats.files == 2
 
 
+def test_slow_producer_is_not_a_dead_peer(tmp_path: Path) -> None:
+    """A stream that pauses longer than the server's idle timeout goes through: the
+    client answers the server's probes."""
+
+    async def slow() -> AsyncIterator[tuple[str, bytes, bool]]:
+        yield "a", b"x" * 1000, False
+        await asyncio.sleep(2.0)
+        yield "a", b"y", True
+
+    async def main() -> None:
+        impatient = SMALL.replace(idle_timeout=1.0, probe_interval=0.2)
+        env = await serving(tmp_path, impatient)
+        try:
+            await send_stream(env.endpoint, env.key, CLIENT, slow(), "s", options=SMALL)
+        finally:
+            await env.server.close()
+
+    run(main())
+    assert (tmp_path / "in" / "s" / "a").read_bytes() == b"x" * 1000 + b"y"
+
+
 def test_broken_streams_leave_nothing(tmp_path: Path) -> None:
     async def unfinished() -> AsyncIterator[tuple[str, bytes, bool]]:
         yield "a", b"x" * 100_000, False
