@@ -573,6 +573,16 @@ int main(void)
     struct shmid_ds ds;
     shmctl(m, IPC_STAT, &ds);
     printf("parent nattch %lu\n", (unsigned long)ds.shm_nattch);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        strcpy(p + 7000, "written before exit"); /* and no IPC call at all */
+        exit(0);
+    }
+    waitpid(pid, NULL, 0);
+    shmdt(p);
+    p = shmat(m, NULL, 0);
+    printf("after a child's exit: %s\n", p + 7000);
     shmdt(p);
     shmctl(m, IPC_RMID, NULL);
     msgctl(q, IPC_RMID, NULL);
@@ -778,6 +788,7 @@ def test_shared_memory_with_sync_matches_the_kernel(
 ) -> None:
     kernel = run_kernel(programs["shmsync"])
     assert "parent sees: hello from child | tail" in kernel
+    assert "after a child's exit: written before exit" in kernel
     assert run_ssi(programs["shmsync"], interposer, server, **env) == kernel
     wait_for(server.idle, "the server to be left clean")
 

@@ -31,7 +31,8 @@
  *
  * Shared memory: explicit sync, twins and diffs (see ssi/ipc/shm.py)
  *  - shmat maps a PRIVATE anonymous region of the segment's size, fills it from the
- *    home and keeps a twin (a copy as of the last sync) and page versions.
+ *    home and keeps a twin (a copy as of the last sync: an attachment costs twice
+ *    the segment's size in memory) and page versions.
  *  - A sync pushes the byte runs that differ from the twin (writers of different
  *    bytes of one page merge), then pulls the pages others wrote since the last
  *    sync, keeping local bytes not yet pushed. Syncs happen at shmat, shmdt, exit
@@ -934,8 +935,9 @@ __attribute__((constructor)) static void ssi_ipc_init(void)
 
 __attribute__((destructor)) static void ssi_ipc_fini(void)
 {
-	/* exit(): what this process wrote reaches the home, as it would in real memory */
-	if (cfg_state != 1 || !atts || pool_pid != getpid())
+	/* exit(): what this process wrote reaches the home, as it would in real memory
+	 * (a forked child that never called IPC registers its attachments first) */
+	if (cfg_state != 1 || !atts)
 		return;
 	pthread_mutex_lock(&shm_lock);
 	for (struct att *a = atts; a; a = a->next)
