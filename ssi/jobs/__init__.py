@@ -12,9 +12,10 @@ CheckpointFailed. procfs.py: what /proc says about a job's processes.
 """
 
 from ssi.jobs.errors import CheckpointFailed, CorruptCheckpoint
+from ssi.jobs.local import LocalJob
 from ssi.jobs.manifest import ImageFile, Manifest, verify
 from ssi.jobs.model import ExitStatus, JobRecord, JobSpec, JobState, JobStats
-from ssi.jobs.runtime import JobRuntime, LocalJob, init_binary
+from ssi.jobs.runtime import JobRuntime, init_binary
 
 __all__ = [
     "CheckpointFailed",

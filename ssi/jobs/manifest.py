@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+import re
+import threading
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -69,10 +72,14 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def digest_files(directory: Path, names: Iterable[str]) -> dict[str, ImageFile]:
+def digest_files(
+    directory: Path, names: Iterable[str], done: Mapping[str, ImageFile] | None = None
+) -> dict[str, ImageFile]:
     """Size and sha256 of each file, hashed on two threads (hashlib lets go of the
-    GIL), so a big pages image and the many small ones overlap."""
-    names = sorted(names)
+    GIL), so a big pages image and the many small ones overlap. `done`: files hashed
+    already (by a TailHasher), taken as they are."""
+    done = done or {}
+    names = sorted(n for n in names if n not in done)
 
     def one(name: str) -> tuple[str, ImageFile]:
         path = directory / name
@@ -82,11 +89,85 @@ def digest_files(directory: Path, names: Iterable[str]) -> dict[str, ImageFile]:
     # Largest first, so the big pages file does not start last.
     by_size = sorted(names, key=lambda n: -(directory / n).stat().st_size)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssi-sha") as pool:
-        return dict(sorted(pool.map(one, by_size)))
+        return dict(sorted([*pool.map(one, by_size), *done.items()]))
 
 
-def write(directory: Path, manifest: Manifest) -> None:
-    """Write manifest.json into `directory` (tmp + fsync + rename)."""
+class TailHasher:
+    """Hashes CRIU's page images while CRIU writes them, so that hashing overlaps the
+    dump instead of following it (on another core).
+
+    CRIU writes each pages-N.img once, front to back, never going back: a thread
+    follows every such file to its current end, then again as it grows; finish()
+    reads what is left once CRIU is done. The result is checked like any other by
+    verify() before every restore.
+    """
+
+    PATTERN = re.compile(r"^pages-\d+\.img$")
+    CHUNK = 4 << 20
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[str, tuple[int, Any, list[int]]] = {}  # fd, hash, [size]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="ssi-tail-sha", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._poll():
+                self._stop.wait(0.002)
+
+    def _poll(self) -> bool:
+        progressed = False
+        try:
+            names = [e.name for e in os.scandir(self.directory)]
+        except OSError:
+            return False
+        for name in names:
+            if name not in self._files and self.PATTERN.match(name):
+                try:
+                    fd = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                self._files[name] = (fd, hashlib.sha256(), [0])
+        for fd, h, size in self._files.values():
+            data = os.read(fd, self.CHUNK)
+            if data:
+                h.update(data)
+                size[0] += len(data)
+                progressed = True
+        return progressed
+
+    def finish(self) -> dict[str, ImageFile]:
+        """Stop following, hash what is left of each file; name → ImageFile."""
+        self._stop.set()
+        self._thread.join()
+        out: dict[str, ImageFile] = {}
+        try:
+            for name, (fd, h, size) in self._files.items():
+                while data := os.read(fd, self.CHUNK):
+                    h.update(data)
+                    size[0] += len(data)
+                if os.fstat(fd).st_size != size[0]:
+                    raise OSError(f"{name} changed while it was hashed")
+                out[name] = ImageFile(size[0], h.hexdigest())
+        finally:
+            self.close()
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for fd, _, _ in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+
+def write(directory: Path, manifest: Manifest, *, fsync: bool = True) -> None:
+    """Write manifest.json into `directory` (tmp [+ fsync] + rename)."""
     data = msgspec.json.format(msgspec.json.encode(manifest), indent=1) + b"\n"
     tmp = directory / (MANIFEST + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -94,7 +175,8 @@ def write(directory: Path, manifest: Manifest) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, directory / MANIFEST)

@@ -27,29 +27,23 @@ reaped by us.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import secrets
-import select
 import shutil
 import signal as _signal
 import socket
-import stat
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
 import kernel_shim
 from kernel_shim import NsType, PidFd
-from ssi.checkpoint import CgroupMode, Criu, DumpOptions, RestoreOptions
-from ssi.jobs import manifest as mf
-from ssi.jobs import procfs
-from ssi.jobs.cgroups import Cgroups, check_name, detect, proc_cgroup
-from ssi.jobs.errors import CheckpointFailed
+from ssi.checkpoint import Criu
+from ssi.jobs import checkpointing, procfs
+from ssi.jobs.cgroups import Cgroups, check_name, detect
+from ssi.jobs.local import LocalJob, read_status, readable, wait_readable, waitid
 from ssi.jobs.manifest import Manifest
 from ssi.jobs.model import ExitStatus, JobRecord, JobSpec, JobState, JobStats
 from ssi.proto.errors import BadRequest, Conflict, Internal, NotFound, Timeout
@@ -63,61 +57,11 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 FORWARDED = frozenset(
     {_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2}
 )
-_STATUS_MAX = 64 * 1024  # bytes of a status file we are willing to read
 
 
 def init_binary() -> Path:
     """ssi-init as installed next to this package."""
     return Path(__file__).resolve().parent / "bin" / "ssi-init"
-
-
-@dataclass(eq=False)
-class LocalJob:
-    """A job of this node, as the runtime sees it now (the runtime updates it).
-
-    pidfd: readable once the init has exited (asyncio: loop.add_reader(job.fileno(),
-    ...)); then call runtime.reap(job_id). None for a job that had ended before we saw
-    it (adopt) or once reaped. Owned by the runtime: never close it yourself, and stop
-    watching it before reap() or forget() closes it.
-    """
-
-    job_id: str
-    record: JobRecord
-    pidfd: PidFd | None = None
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-
-    @property
-    def spec(self) -> JobSpec:
-        return self.record.spec
-
-    @property
-    def state(self) -> JobState:
-        return self.record.state
-
-    @property
-    def init_pid(self) -> int:
-        return self.record.init_pid
-
-    @property
-    def pid(self) -> int:
-        """Host PID of the job's init (PID 1 inside)."""
-        return self.record.init_pid
-
-    @property
-    def running(self) -> bool:
-        """Alive here: starting, running or suspended (its pidfd is set)."""
-        return self.record.state.alive and self.pidfd is not None
-
-    @property
-    def exit(self) -> ExitStatus | None:
-        return self.record.exit
-
-    def fileno(self) -> int:
-        if self.pidfd is None:
-            raise ValueError(
-                f"job {self.job_id} has no pidfd (state {self.state.value})"
-            )
-        return self.pidfd.fd
 
 
 class JobRuntime:
@@ -136,16 +80,20 @@ class JobRuntime:
         cgroup_base: str = "ssi",
         status_dir: Path = DEFAULT_STATUS_DIR,
         init: Path | None = None,
+        durable: bool = False,
     ) -> None:
         """root: this node's job directory. cgroups: default detect(cgroup_base).
         status_dir: where inits write their status files, and their cwd: the same
-        path on every node of the cluster (a restored init keeps both)."""
+        path on every node of the cluster (a restored init keeps both).
+        durable: fsync every checkpoint before it is reported (costs the whole
+        write-back: off by default, a checkpoint counts once it has a replica)."""
         self.root = Path(root)
         self.criu = criu
         self.node = node
         self.cgroups = cgroups if cgroups is not None else detect(cgroup_base)
         self.status_dir = Path(status_dir)
         self.init = Path(init) if init is not None else init_binary()
+        self.durable = durable
         if not os.access(self.init, os.X_OK):
             raise Internal(f"job init {self.init} is missing: run scripts/setup.sh")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -301,8 +249,8 @@ class JobRuntime:
             return
         with contextlib.suppress(ProcessLookupError):
             job.pidfd.send_signal(_signal.SIGKILL)
-        _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
-        _waitid(job.pidfd)
+        wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+        waitid(job.pidfd)
         job.pidfd.close()
         job.pidfd = None
 
@@ -389,9 +337,9 @@ class JobRuntime:
             return job.record.exit
         if job.state is JobState.CHECKPOINTED:
             return ExitStatus("checkpoint")
-        if job.pidfd is not None and not _readable(job.pidfd):
+        if job.pidfd is not None and not readable(job.pidfd):
             return None
-        return self._read_status(job)
+        return read_status(job)
 
     def reap(self, job_id: str) -> ExitStatus:
         """Collect a job whose init has exited (its pidfd is readable): waits for the
@@ -405,9 +353,9 @@ class JobRuntime:
                 return rec.exit
             wait_status = None
             if job.pidfd is not None:
-                if not _readable(job.pidfd):
+                if not readable(job.pidfd):
                     raise Conflict(f"job {job_id} is still running")
-                wait_status = _waitid(job.pidfd)
+                wait_status = waitid(job.pidfd)
                 job.pidfd.close()
                 job.pidfd = None
             if rec.state is not JobState.CHECKPOINTED:
@@ -422,7 +370,7 @@ class JobRuntime:
         job = self.job(job_id)
         pidfd = job.pidfd
         if pidfd is not None and not pidfd.closed:
-            if not _wait_readable(pidfd, timeout):
+            if not wait_readable(pidfd, timeout):
                 raise Timeout(f"job {job_id} still running after {timeout}s")
         return self.reap(job_id)
 
@@ -434,7 +382,7 @@ class JobRuntime:
             return ExitStatus(
                 "checkpoint", signaled=int(_signal.SIGKILL), cpu_seconds=cpu
             )
-        status = self._read_status(job)
+        status = read_status(job)
         if status is None and wait_status is not None:
             code = os.waitstatus_to_exitcode(wait_status)
             status = (
@@ -445,36 +393,6 @@ class JobRuntime:
         if status is None:
             status = ExitStatus("unknown")
         return msgspec.structs.replace(status, cpu_seconds=cpu)
-
-    def _read_status(self, job: LocalJob) -> ExitStatus | None:
-        """The init's status file, if it is there and root (the init) wrote it;
-        opened without following links, size-capped."""
-        path = job.record.status_file
-        try:
-            fd = os.open(
-                path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-            )
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
-                log.warning(
-                    "op=job.status job=%s ignoring %s: not root's", job.job_id, path
-                )
-                return None
-            raw = os.read(fd, _STATUS_MAX)
-        finally:
-            os.close(fd)
-        try:
-            data = json.loads(raw)
-            fields = {k: data[k] for k in _STATUS_FIELDS if k in data}
-            return msgspec.convert({"source": "init", **fields}, ExitStatus)
-        except (ValueError, TypeError, msgspec.ValidationError) as e:
-            log.warning(
-                "op=job.status job=%s bad status file %s: %s", job.job_id, path, e
-            )
-            return None
 
     # -- control -----------------------------------------------------------------------
 
@@ -528,7 +446,7 @@ class JobRuntime:
                 self._save(job)
             # The init reaps them all and exits at once: return with the job gone.
             if job.pidfd is not None:
-                _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+                wait_readable(job.pidfd, self.EXIT_TIMEOUT)
 
     def _main_pid(self, job: LocalJob) -> tuple[int, int] | None:
         """(host PID, PID inside the job) of the main process, None once it is gone:
@@ -561,7 +479,7 @@ class JobRuntime:
     def _require_alive(self, job: LocalJob) -> None:
         if job.state not in (JobState.RUNNING, JobState.SUSPENDED):
             raise Conflict(f"job {job.job_id} is not running ({job.state.value})")
-        if job.pidfd is None or _readable(job.pidfd):
+        if job.pidfd is None or readable(job.pidfd):
             raise Conflict(f"job {job.job_id} has ended")
 
     def stats(self, job_id: str) -> JobStats:
@@ -591,7 +509,7 @@ class JobRuntime:
             runtime_seconds=max(0.0, end - rec.started),
         )
 
-    # -- checkpoint and restore --------------------------------------------------------
+    # -- checkpoint and restore ------------------------------------------------------
 
     def criu_version(self) -> str:
         if self._criu_version is None:
@@ -607,167 +525,16 @@ class JobRuntime:
         On any failure nothing of `dest` is left and the job runs on (as it was:
         a suspended job stays suspended): CriuError (`.blocker` names what CRIU
         could not dump), CheckpointFailed (e.g. the disk filled up)."""
-        job = self.job(job_id)
-        dest = Path(dest)
-        with job.lock:
-            self._require_alive(job)
-            if dest.exists():
-                raise Conflict(f"checkpoint destination {dest} exists")
-            if not dest.parent.is_dir():
-                raise BadRequest(
-                    f"checkpoint destination {dest.parent} is not a directory"
-                )
-            version = self.criu_version()
-            tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
-            was_suspended = job.state is JobState.SUSPENDED
-            t0 = time.perf_counter()
-            try:
-                tmp.mkdir(mode=0o700)
-                self.cgroups.freeze(job_id)
-                dumped = self.criu.dump(
-                    job.init_pid,
-                    tmp,
-                    leave_running=True,  # killed by us once the manifest is safe
-                    options=DumpOptions(
-                        freeze_cgroup=str(self.cgroups.freezer_dir(job_id)),
-                        manage_cgroups=CgroupMode.SOFT,
-                        # The log outlives a failed dump (its images are removed).
-                        work_dir=str(self.root / job_id),
-                    ),
-                )
-                names = [p.name for p in tmp.iterdir() if mf.is_covered(p.name)]
-                files = mf.digest_files(tmp, names)
-                m = Manifest(
-                    job_id=job_id,
-                    spec=job.spec,
-                    node=self.node,
-                    created=time.time(),
-                    criu_version=version,
-                    leave_running=leave_running,
-                    suspended=was_suspended,
-                    started=job.record.started,
-                    cgroup=job.record.cgroup,
-                    cgroup_version=self.cgroups.version,
-                    dump_seconds=dumped.seconds,
-                    files=files,
-                    total_bytes=sum(f.size for f in files.values()),
-                )
-                mf.write(tmp, m)
-                tmp.chmod(0o755)
-                _fsync_dir(tmp)
-                os.rename(tmp, dest)
-                _fsync_dir(dest.parent)
-            except BaseException as e:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not was_suspended:
-                    with contextlib.suppress(OSError):
-                        self.cgroups.thaw(job_id)
-                if isinstance(e, OSError):
-                    raise CheckpointFailed(
-                        f"checkpoint of job {job_id} to {dest} failed: {e}",
-                        details={"job": job_id, "dest": str(dest), "errno": e.errno},
-                    ) from None
-                raise
-            if leave_running:
-                if not was_suspended:
-                    self.cgroups.thaw(job_id)
-            else:
-                self._stop_checkpointed(job)
-            log.info(
-                "op=job.checkpoint job=%s to=%s bytes=%s dump=%.3fs all=%.3fs stop=%s",
-                job_id, dest, m.total_bytes, dumped.seconds,
-                time.perf_counter() - t0, not leave_running,
-            )  # fmt: skip
-            return m
-
-    def _stop_checkpointed(self, job: LocalJob) -> None:
-        """Kill a job just dumped, still frozen: no instruction runs after the dump."""
-        job.record.state = JobState.CHECKPOINTED
-        self._save(job)
-        with contextlib.suppress(OSError):
-            self.cgroups._kill_all(job.job_id)
-        self.cgroups.thaw(job.job_id)
-        if job.pidfd is not None:
-            _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+        return checkpointing.checkpoint(
+            self, self.job(job_id), Path(dest), leave_running
+        )
 
     def restore(self, job_id: str, ckpt: Path) -> LocalJob:
         """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
         before CRIU reads anything), then CRIU; the init becomes our child, in the
         job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
         CriuError if CRIU fails (nothing of the job is left then)."""
-        ckpt = Path(ckpt)
-        m = mf.verify(ckpt)
-        if m.job_id != job_id:
-            raise BadRequest(f"checkpoint {ckpt} is of job {m.job_id}, not {job_id}")
-        run_dir = self.root / job_id
-        with self._lock:
-            old = self._jobs.get(job_id)
-            if old is not None and (old.state.alive or old.pidfd is not None):
-                raise Conflict(f"job {job_id} is running on node {self.node}")
-            if old is None and (run_dir / "job.json").exists():
-                raise Conflict(
-                    f"job {job_id} has a record here: adopt() or forget() it"
-                )
-            rec = self._new_record(job_id, m.spec, m.started)
-            rec.restores = (old.record.restores if old else 0) + 1
-            rec.restored_from = str(ckpt)
-            job = LocalJob(job_id, rec)
-            self._jobs[job_id] = job
-        try:
-            with job.lock:
-                self._restore(job, m, ckpt)
-        except BaseException:
-            with self._lock:
-                if self._jobs.get(job_id) is job:
-                    del self._jobs[job_id]
-                if old is not None:
-                    self._jobs[job_id] = old
-            if old is None:
-                self._cleanup_failed(job_id)
-            else:  # back to the record of the job that ended or left here
-                with contextlib.suppress(OSError):
-                    self.cgroups.remove(job_id)
-                run_dir.mkdir(mode=0o700, exist_ok=True)
-                self._save(old)
-            raise
-        log.info("op=job.restore job=%s from=%s pid=%s", job_id, ckpt, job.init_pid)
-        return job
-
-    def _restore(self, job: LocalJob, m: Manifest, ckpt: Path) -> None:
-        job_id, rec = job.job_id, job.record
-        run_dir = self.root / job_id
-        run_dir.mkdir(mode=0o700, exist_ok=True)
-        self._prepare_status(rec)
-        # Our own cgroup, made before CRIU: CRIU then only moves the tasks in, and does
-        # not restore properties such as the FROZEN state of the dump.
-        self.cgroups.create(job_id)
-        if self.cgroups.pids(job_id):
-            raise Conflict(f"cgroup {rec.cgroup} of job {job_id} is not empty")
-        self._save(job)
-        roots: tuple[tuple[str, str], ...] = ()
-        if m.cgroup != rec.cgroup:
-            roots = tuple((c, rec.cgroup) for c in self.cgroups.controllers() if c)
-        res = self.criu.restore(
-            ckpt,
-            options=RestoreOptions(
-                work_dir=str(run_dir), manage_cgroups=CgroupMode.SOFT, cgroup_root=roots
-            ),
-        )
-        rec.init_pid = res.pid
-        job.pidfd = kernel_shim.pidfd_open(res.pid)
-        if not self.cgroups.contains(job_id, res.pid):
-            where = proc_cgroup(res.pid)
-            self._kill_and_reap(job)
-            raise Internal(
-                f"restored job {job_id} landed outside its cgroup {rec.cgroup}: {where}"
-            )
-        if m.suspended:
-            self.cgroups.freeze(job_id)
-            rec.state = JobState.SUSPENDED
-        else:
-            self.cgroups.thaw(job_id)
-            rec.state = JobState.RUNNING
-        self._save(job)
+        return checkpointing.restore(self, job_id, Path(ckpt))
 
     # -- forget ------------------------------------------------------------------------
 
@@ -778,12 +545,12 @@ class JobRuntime:
         job = self.job(job_id)
         with job.lock:
             if job.pidfd is not None:
-                if not _readable(job.pidfd):
+                if not readable(job.pidfd):
                     if not kill:
                         raise Conflict(f"job {job_id} is still running")
                     with contextlib.suppress(OSError):
                         self.cgroups.kill(job_id)
-                    _wait_readable(job.pidfd, self.EXIT_TIMEOUT)
+                    wait_readable(job.pidfd, self.EXIT_TIMEOUT)
                 self.reap(job_id)
             if self.cgroups.pids(job_id):
                 if not kill:
@@ -818,11 +585,6 @@ class JobRuntime:
         os.rename(tmp, path)
 
 
-_STATUS_FIELDS = tuple(
-    f for f in ExitStatus.__struct_fields__ if f not in ("source", "cpu_seconds")
-)
-
-
 def _load(path: Path) -> JobRecord:
     return msgspec.json.decode(path.read_bytes(), type=JobRecord)
 
@@ -845,36 +607,3 @@ def _read_line(sock: socket.socket, timeout: float) -> str:
     except TimeoutError:
         return f"error: the job init said nothing within {timeout}s"
     return buf.decode(errors="replace").strip()
-
-
-def _readable(pidfd: PidFd) -> bool:
-    return _wait_readable(pidfd, 0)
-
-
-def _wait_readable(pidfd: PidFd, timeout: float | None) -> bool:
-    poller = select.poll()
-    poller.register(pidfd.fd, select.POLLIN)
-    ms = None if timeout is None else int(timeout * 1000)
-    return bool(poller.poll(ms))
-
-
-def _waitid(pidfd: PidFd) -> int | None:
-    """Reap the process behind `pidfd` if it is our child and has exited; its wait
-    status (os.waitpid style), or None if it is not ours to reap."""
-    try:
-        res = os.waitid(os.P_PIDFD, pidfd.fd, os.WEXITED | os.WNOHANG)
-    except ChildProcessError:
-        return None
-    if res is None:
-        return None
-    if res.si_code == os.CLD_EXITED:
-        return (res.si_status & 0xFF) << 8
-    return res.si_status & 0x7F | (0x80 if res.si_code == os.CLD_DUMPED else 0)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -578,7 +578,7 @@ def test_checkpoint_failing_after_the_dump_leaves_nothing(
     out = work / "ssi-e8.out"
     wait_lines(out, 3)
 
-    def full(directory: Path, manifest: mf.Manifest) -> None:
+    def full(directory: Path, manifest: mf.Manifest, **kw: object) -> None:
         raise OSError(28, "No space left on device", str(directory / "manifest.json"))
 
     monkeypatch.setattr(mf, "write", full)

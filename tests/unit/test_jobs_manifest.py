@@ -144,3 +144,39 @@ def test_total_and_format_are_checked(tmp_path: Path) -> None:
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(CorruptCheckpoint, match="not a directory"):
         verify(tmp_path / "nothing")
+
+
+def test_tail_hasher_follows_growing_page_images(tmp_path: Path) -> None:
+    import threading
+
+    chunks = [os.urandom(1 << 20) for _ in range(8)]
+    wrote = threading.Event()
+    hasher = mf.TailHasher(tmp_path)
+
+    def writer() -> None:  # as CRIU does: front to back, in pieces
+        with open(tmp_path / "pages-1.img", "wb", buffering=0) as f:
+            for c in chunks:
+                f.write(c)
+        (tmp_path / "core-1.img").write_bytes(b"not followed")
+        wrote.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert wrote.wait(10)
+    t.join()
+    done = hasher.finish()
+    assert set(done) == {"pages-1.img"}
+    whole = b"".join(chunks)
+    assert done["pages-1.img"] == mf.ImageFile(
+        len(whole), hashlib.sha256(whole).hexdigest()
+    )
+    files = mf.digest_files(tmp_path, ["pages-1.img", "core-1.img"], done)
+    assert files["pages-1.img"] is done["pages-1.img"]
+    assert files["core-1.img"].sha256 == hashlib.sha256(b"not followed").hexdigest()
+
+
+def test_tail_hasher_close_without_finish(tmp_path: Path) -> None:
+    (tmp_path / "pages-2.img").write_bytes(b"x" * 100)
+    hasher = mf.TailHasher(tmp_path)
+    hasher.close()
+    hasher.close()  # idempotent

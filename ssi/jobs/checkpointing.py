@@ -1,0 +1,227 @@
+"""Checkpoint and restore of a job: the JobRuntime's CRIU half.
+
+    checkpoint: freeze ─▶ CRIU dump (leave running) ─▶ sha256 (overlapping the dump)
+                ─▶ manifest.json ─▶ rename .<dest>.partial-XXXX to <dest>
+                ─▶ thaw, or kill while still frozen (stop: not one instruction more)
+    restore:    verify ─▶ job cgroup made ─▶ CRIU restore (our child) ─▶ thaw / freeze
+
+The job stays frozen from the dump until its checkpoint is whole on disk, so that a
+failure (CRIU's, a full disk) leaves it running as if nothing happened, and a stopping
+checkpoint holds exactly the job's last state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import kernel_shim
+from ssi.checkpoint import CgroupMode, DumpOptions, RestoreOptions
+from ssi.jobs import manifest as mf
+from ssi.jobs.cgroups import proc_cgroup
+from ssi.jobs.errors import CheckpointFailed
+from ssi.jobs.local import LocalJob, wait_readable
+from ssi.jobs.manifest import Manifest
+from ssi.jobs.model import JobState
+from ssi.proto.errors import BadRequest, Conflict, Internal
+
+if TYPE_CHECKING:
+    from ssi.jobs.runtime import JobRuntime
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint(
+    rt: JobRuntime, job: LocalJob, dest: Path, leave_running: bool
+) -> Manifest:
+    """JobRuntime.checkpoint's work (see there)."""
+    job_id = job.job_id
+    with job.lock:
+        rt._require_alive(job)
+        if dest.exists():
+            raise Conflict(f"checkpoint destination {dest} exists")
+        if not dest.parent.is_dir():
+            raise BadRequest(f"checkpoint destination {dest.parent} is not a directory")
+        version = rt.criu_version()
+        tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+        was_suspended = job.state is JobState.SUSPENDED
+        t0 = time.perf_counter()
+        hasher: mf.TailHasher | None = None
+        try:
+            tmp.mkdir(mode=0o700)
+            rt.cgroups.freeze(job_id)
+            hasher = mf.TailHasher(tmp)
+            dumped = rt.criu.dump(
+                job.init_pid,
+                tmp,
+                leave_running=True,  # killed by us once the checkpoint is whole
+                options=DumpOptions(
+                    freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
+                    manage_cgroups=CgroupMode.SOFT,
+                    # The log outlives a failed dump (its images are removed).
+                    work_dir=str(rt.root / job_id),
+                ),
+            )
+            names = [p.name for p in tmp.iterdir() if mf.is_covered(p.name)]
+            files = mf.digest_files(tmp, names, hasher.finish())
+            m = Manifest(
+                job_id=job_id,
+                spec=job.spec,
+                node=rt.node,
+                created=time.time(),
+                criu_version=version,
+                leave_running=leave_running,
+                suspended=was_suspended,
+                started=job.record.started,
+                cgroup=job.record.cgroup,
+                cgroup_version=rt.cgroups.version,
+                dump_seconds=dumped.seconds,
+                files=files,
+                total_bytes=sum(f.size for f in files.values()),
+            )
+            mf.write(tmp, m, fsync=rt.durable)
+            tmp.chmod(0o755)
+            if rt.durable:
+                _fsync_all(tmp)
+            os.rename(tmp, dest)
+            if rt.durable:
+                _fsync_dir(dest.parent)
+        except BaseException as e:
+            if hasher is not None:
+                hasher.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not was_suspended:
+                with contextlib.suppress(OSError):
+                    rt.cgroups.thaw(job_id)
+            if isinstance(e, OSError):
+                raise CheckpointFailed(
+                    f"checkpoint of job {job_id} to {dest} failed: {e}",
+                    details={"job": job_id, "dest": str(dest), "errno": e.errno},
+                ) from None
+            raise
+        if leave_running:
+            if not was_suspended:
+                rt.cgroups.thaw(job_id)
+        else:
+            _stop_checkpointed(rt, job)
+        log.info(
+            "op=job.checkpoint job=%s to=%s bytes=%s dump=%.3fs all=%.3fs stop=%s",
+            job_id, dest, m.total_bytes, dumped.seconds,
+            time.perf_counter() - t0, not leave_running,
+        )  # fmt: skip
+        return m
+
+
+def _stop_checkpointed(rt: JobRuntime, job: LocalJob) -> None:
+    """Kill a job just dumped, still frozen: no instruction runs after the dump."""
+    job.record.state = JobState.CHECKPOINTED
+    rt._save(job)
+    with contextlib.suppress(OSError):
+        rt.cgroups._kill_all(job.job_id)
+    rt.cgroups.thaw(job.job_id)
+    if job.pidfd is not None:
+        wait_readable(job.pidfd, rt.EXIT_TIMEOUT)
+
+
+def restore(rt: JobRuntime, job_id: str, ckpt: Path) -> LocalJob:
+    """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
+    before CRIU reads anything), then CRIU; the init becomes our child, in the
+    job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
+    CriuError if CRIU fails (nothing of the job is left then)."""
+    ckpt = Path(ckpt)
+    m = mf.verify(ckpt)
+    if m.job_id != job_id:
+        raise BadRequest(f"checkpoint {ckpt} is of job {m.job_id}, not {job_id}")
+    run_dir = rt.root / job_id
+    with rt._lock:
+        old = rt._jobs.get(job_id)
+        if old is not None and (old.state.alive or old.pidfd is not None):
+            raise Conflict(f"job {job_id} is running on node {rt.node}")
+        if old is None and (run_dir / "job.json").exists():
+            raise Conflict(f"job {job_id} has a record here: adopt() or forget() it")
+        rec = rt._new_record(job_id, m.spec, m.started)
+        rec.restores = (old.record.restores if old else 0) + 1
+        rec.restored_from = str(ckpt)
+        job = LocalJob(job_id, rec)
+        rt._jobs[job_id] = job
+    try:
+        with job.lock:
+            _restore(rt, job, m, ckpt)
+    except BaseException:
+        with rt._lock:
+            if rt._jobs.get(job_id) is job:
+                del rt._jobs[job_id]
+            if old is not None:
+                rt._jobs[job_id] = old
+        if old is None:
+            rt._cleanup_failed(job_id)
+        else:  # back to the record of the job that ended or left here
+            with contextlib.suppress(OSError):
+                rt.cgroups.remove(job_id)
+            run_dir.mkdir(mode=0o700, exist_ok=True)
+            rt._save(old)
+        raise
+    log.info("op=job.restore job=%s from=%s pid=%s", job_id, ckpt, job.init_pid)
+    return job
+
+
+def _restore(rt: JobRuntime, job: LocalJob, m: Manifest, ckpt: Path) -> None:
+    job_id, rec = job.job_id, job.record
+    run_dir = rt.root / job_id
+    run_dir.mkdir(mode=0o700, exist_ok=True)
+    rt._prepare_status(rec)
+    # Our own cgroup, made before CRIU: CRIU then only moves the tasks in, and does
+    # not restore properties such as the FROZEN state of the dump.
+    rt.cgroups.create(job_id)
+    if rt.cgroups.pids(job_id):
+        raise Conflict(f"cgroup {rec.cgroup} of job {job_id} is not empty")
+    rt._save(job)
+    roots: tuple[tuple[str, str], ...] = ()
+    if m.cgroup != rec.cgroup:
+        roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
+    res = rt.criu.restore(
+        ckpt,
+        options=RestoreOptions(
+            work_dir=str(run_dir), manage_cgroups=CgroupMode.SOFT, cgroup_root=roots
+        ),
+    )
+    rec.init_pid = res.pid
+    job.pidfd = kernel_shim.pidfd_open(res.pid)
+    if not rt.cgroups.contains(job_id, res.pid):
+        where = proc_cgroup(res.pid)
+        rt._kill_and_reap(job)
+        raise Internal(
+            f"restored job {job_id} landed outside its cgroup {rec.cgroup}: {where}"
+        )
+    if m.suspended:
+        rt.cgroups.freeze(job_id)
+        rec.state = JobState.SUSPENDED
+    else:
+        rt.cgroups.thaw(job_id)
+        rec.state = JobState.RUNNING
+    rt._save(job)
+
+
+def _fsync_all(directory: Path) -> None:
+    """Every file of a checkpoint, then the directory, on disk."""
+    for entry in os.scandir(directory):
+        fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
