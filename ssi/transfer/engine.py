@@ -23,7 +23,7 @@ from ssi.proto.errors import BadRequest, MalformedMessage
 from ssi.transfer import files as fs
 from ssi.transfer import protocol as p
 from ssi.transfer.errors import PeerGone
-from ssi.transfer.link import Gone, Link
+from ssi.transfer.link import Gone, Link, Message
 
 __all__ = [
     "Chunk",
@@ -46,6 +46,7 @@ RunIO = Callable[..., Awaitable[Any]]
 """`await run_io(fn, *args)`: run a blocking call in a worker thread."""
 
 _HASH_INLINE = 64 * 1024  # smaller pieces are hashed on the event loop
+_BATCH = 16  # most DATA frames written in one trip to the worker thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,27 +173,32 @@ async def receive_chunks(
     into `staging`, then commit it. Returns (files, bytes); the caller sends DONE."""
     outstanding = window
     rel: str | None = None
+    held: Message | None = None
     try:
         while True:
-            msg = await link.recv()
+            msg = held if held is not None else await link.recv()
+            held = None
             h = msg.header
             if isinstance(h, p.Data):
-                if outstanding <= 0:
+                # What else has arrived goes to the worker in the same trip, and
+                # is acknowledged by one CREDIT: small files cost one hop, not n.
+                batch: list[tuple[p.Data, memoryview]] = [(h, msg.data)]
+                more: Message | None = None
+                while len(batch) < _BATCH and (more := link.poll()) is not None:
+                    if not isinstance(more.header, p.Data):
+                        held = more
+                        break
+                    batch.append((more.header, more.data))
+                if len(batch) > outstanding:
                     raise MalformedMessage(f"peer {link.peer} sent beyond its credit")
-                outstanding -= 1
-                rel = p.check_relpath(h.p)
-                await run_io(
-                    staging.write,
-                    rel,
-                    h.o,
-                    msg.data,
-                    last=h.last,
-                    sha=h.sha,
-                    mode=h.mode,
-                )
-                del msg  # the frame's memory goes back before we grant more
-                await link.send(p.Credit(1, staging.bytes))
-                outstanding += 1
+                outstanding -= len(batch)
+                for d, _ in batch:
+                    rel = p.check_relpath(d.p)
+                await run_io(_write_batch, staging, batch)
+                n = len(batch)
+                del msg, batch, more  # the frames' memory goes back before more credit
+                await link.send(p.Credit(n, staging.bytes))
+                outstanding += n
                 if progress is not None:
                     progress(staging.bytes, total)
             elif isinstance(h, p.End):
@@ -205,6 +211,11 @@ async def receive_chunks(
                 )
     except Gone as e:
         raise _gone(link, e, "receiving", rel, staging.bytes, total) from None
+
+
+def _write_batch(staging: fs.Staging, batch: list[tuple[p.Data, memoryview]]) -> None:
+    for d, data in batch:
+        staging.write(d.p, d.o, data, last=d.last, sha=d.sha, mode=d.mode)
 
 
 async def dir_chunks(
@@ -220,12 +231,14 @@ async def dir_chunks(
     size = pool.size
     for f in files:
         sha = known.get(f.rel) if known is not None else None
-        reader: fs.FileReader = await run_io(fs.FileReader, f.path, sha)
+        buf = pool.get()
+        # open + first read in one trip to the worker: most image files are small
+        reader: fs.FileReader
+        data: memoryview
+        reader, data = await run_io(fs.FileReader.first, f.path, sha, buf)
         pending: asyncio.Future[memoryview] | None = None
         try:
             offset = 0
-            buf = pool.get()
-            data: memoryview = await run_io(reader.read, buf)
             while True:
                 if len(data) < size:
                     yield Chunk(f.rel, offset, data, True, reader.digest(), f.mode, buf)

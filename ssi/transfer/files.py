@@ -138,6 +138,18 @@ class FileReader:
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self.hasher = hashlib.sha256() if known_sha is None else None
 
+    @classmethod
+    def first(
+        cls, path: Path, known_sha: str | None, buf: bytearray
+    ) -> tuple[FileReader, memoryview]:
+        """Open `path` and read its first chunk into `buf`."""
+        reader = cls(path, known_sha)
+        try:
+            return reader, reader.read(buf)
+        except BaseException:
+            reader.close()
+            raise
+
     def read(self, buf: bytearray) -> memoryview:
         return read_chunk(self.fd, buf, self.hasher)
 
