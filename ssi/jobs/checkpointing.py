@@ -141,8 +141,12 @@ def restore(rt: JobRuntime, job_id: str, ckpt: Path) -> LocalJob:
     run_dir = rt.root / job_id
     with rt._lock:
         old = rt._jobs.get(job_id)
-        if old is not None and (old.state.alive or old.pidfd is not None):
+        if old is not None and old.state.alive:
             raise Conflict(f"job {job_id} is running on node {rt.node}")
+        if old is not None and old.pidfd is not None:
+            raise Conflict(
+                f"job {job_id} ended here but was not reaped: reap() it first"
+            )
         if old is None and (run_dir / "job.json").exists():
             raise Conflict(f"job {job_id} has a record here: adopt() or forget() it")
         rec = rt._new_record(job_id, m.spec, m.started)

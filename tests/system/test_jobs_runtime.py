@@ -467,6 +467,8 @@ def test_checkpoint_stop_then_restore_keeps_pids_and_cgroup(
     before = _ns_pids(rt, "e2")
     m = rt.checkpoint("e2", tmp_path / "ck", leave_running=False)
     assert not m.leave_running
+    with pytest.raises(Conflict, match="reap"):
+        rt.restore("e2", tmp_path / "ck")  # its end is not collected yet
     st = rt.wait("e2", 10)
     assert st.checkpointed and rt.job("e2").state is JobState.CHECKPOINTED
     n = len(lines(out))
@@ -718,6 +720,15 @@ def test_v2_driver_on_a_real_unified_hierarchy(
         wait_lines(out, n + 3)
         s = rt2.stats("g1")
         assert s.cpu_seconds > 0 and s.nprocs == 2 and s.rss_bytes > 0
+        # CRIU freezes through cgroup.freeze, and restores into the v2 cgroup.
+        rt2.checkpoint("g1", tmp_path / "ck", leave_running=False)
+        assert rt2.wait("g1", 10).checkpointed
+        n = len(lines(out))
+        job = rt2.restore("g1", tmp_path / "ck")
+        assert proc_cgroup(job.init_pid)[""] == v2.path("g1")
+        wait_lines(out, n + 3)
+        got = counts(out)
+        assert got == list(range(len(got)))
         rt2.signal("g1", signal.SIGKILL)
         assert rt2.wait("g1", 10).signaled == signal.SIGKILL
         rt2.start("g2", spec(work, "sh", "-c", "(sleep 60 &); sleep 60"))
