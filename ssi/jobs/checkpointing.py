@@ -183,8 +183,14 @@ def _restore(rt: JobRuntime, job: LocalJob, m: Manifest, ckpt: Path) -> None:
     # Our own cgroup, made before CRIU: CRIU then only moves the tasks in, and does
     # not restore properties such as the FROZEN state of the dump.
     rt.cgroups.create(job_id)
-    if rt.cgroups.pids(job_id):
-        raise Conflict(f"cgroup {rec.cgroup} of job {job_id} is not empty")
+    deadline = time.monotonic() + 2.0  # a just-stopped incarnation may still be leaving
+    while rt.cgroups.pids(job_id):
+        if time.monotonic() > deadline:
+            raise Conflict(
+                f"cgroup {rec.cgroup} of job {job_id} is in use: "
+                f"processes {rt.cgroups.pids(job_id)}"
+            )
+        time.sleep(0.01)
     rt._save(job)
     roots: tuple[tuple[str, str], ...] = ()
     if m.cgroup != rec.cgroup:

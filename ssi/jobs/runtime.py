@@ -221,8 +221,7 @@ class JobRuntime:
             try:
                 self.cgroups.add(job.job_id, pid)
                 self._save(job)
-                ours.sendall(b"G")  # in its cgroup: it may start the command
-                report = _read_line(ours, self.START_TIMEOUT)
+                report = _go(ours, self.START_TIMEOUT)
                 if report != "ok":
                     why = report.removeprefix("error: ") or "the init said nothing"
                     raise BadRequest(
@@ -330,8 +329,8 @@ class JobRuntime:
     # -- exits -------------------------------------------------------------------------
 
     def exit_status(self, job_id: str) -> ExitStatus | None:
-        """How the job ended; None while it runs. Reads the init's status file if the
-        job ended but was not reaped yet."""
+        """How the job ended; None while it runs. For a job that ended but was not
+        reaped yet: the init's status file, without reaping (prefer reap())."""
         job = self.job(job_id)
         if job.record.exit is not None:
             return job.record.exit
@@ -339,7 +338,8 @@ class JobRuntime:
             return ExitStatus("checkpoint")
         if job.pidfd is not None and not readable(job.pidfd):
             return None
-        return read_status(job)
+        # Ended, not reaped yet: what its init said, if it could (reap() knows more).
+        return read_status(job) or ExitStatus("unknown")
 
     def reap(self, job_id: str) -> ExitStatus:
         """Collect a job whose init has exited (its pidfd is readable): waits for the
@@ -541,7 +541,12 @@ class JobRuntime:
     def forget(self, job_id: str, *, kill: bool = False) -> None:
         """Drop an ended (or checkpointed-away) job: its cgroup, its directory, its
         status file. Conflict if it still runs, unless kill (then it is SIGKILLed,
-        reaped, and dropped). Stop watching its pidfd first."""
+        reaped, and dropped). Stop watching its pidfd first.
+
+        Once the job has ended here, whatever is in a cgroup of its path belongs to
+        another incarnation of it (restored on another node of a local cluster,
+        which shares this machine's cgroups and status files): the cgroup is then
+        left alone, and so is the status file of a job that a checkpoint stopped."""
         job = self.job(job_id)
         with job.lock:
             if job.pidfd is not None:
@@ -552,19 +557,18 @@ class JobRuntime:
                         self.cgroups.kill(job_id)
                     wait_readable(job.pidfd, self.EXIT_TIMEOUT)
                 self.reap(job_id)
-            if self.cgroups.pids(job_id):
-                if not kill:
-                    raise Conflict(f"job {job_id} has processes left in its cgroup")
-                self.cgroups.kill(job_id)
+            elif job.state.alive:  # never ran: a start or restore cut short
+                with contextlib.suppress(OSError):
+                    if kill and self.cgroups.pids(job_id):
+                        self.cgroups.kill(job_id)
             try:
-                self.cgroups.remove(job_id)
+                self.cgroups.remove(job_id, timeout=2.0)
             except OSError as e:
-                raise Internal(
-                    f"cannot remove the cgroup of job {job_id}: {e}"
-                ) from None
-            for f in (job.record.status_file, job.record.status_file + ".tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f)
+                log.info("op=job.forget job=%s cgroup left in place: %s", job_id, e)
+            if job.state is not JobState.CHECKPOINTED:
+                for f in (job.record.status_file, job.record.status_file + ".tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f)
             shutil.rmtree(self.root / job_id, ignore_errors=True)
             with self._lock:
                 self._jobs.pop(job_id, None)
@@ -595,10 +599,12 @@ def _hostname(job_id: str, name: str) -> str:
     return name if ok else job_id[:64]
 
 
-def _read_line(sock: socket.socket, timeout: float) -> str:
+def _go(sock: socket.socket, timeout: float) -> str:
+    """Tell a new init it is in its cgroup; its answer: "ok" or "error: WHY"."""
     sock.settimeout(timeout)
     buf = b""
     try:
+        sock.sendall(b"G")
         while not buf.endswith(b"\n") and len(buf) < 4096:
             chunk = sock.recv(4096)
             if not chunk:
@@ -606,4 +612,6 @@ def _read_line(sock: socket.socket, timeout: float) -> str:
             buf += chunk
     except TimeoutError:
         return f"error: the job init said nothing within {timeout}s"
+    except OSError as e:  # it died before it could read or answer
+        return f"error: the job init went away ({e.strerror})"
     return buf.decode(errors="replace").strip()

@@ -504,6 +504,34 @@ def test_restore_into_another_cgroup_base(
     assert not rt.cgroups.exists("e3")
 
 
+def test_moved_on_the_same_machine_the_old_record_spares_the_new_job(
+    rt: JobRuntime, work: Path, tmp_path: Path
+) -> None:
+    """Two nodes of a local cluster share this machine's cgroups and status files:
+    forgetting the stopped copy must not touch the restored one."""
+    node2 = JobRuntime(
+        tmp_path / "node2",
+        rt.criu,
+        "node2",
+        cgroups=rt.cgroups,
+        status_dir=rt.status_dir,
+    )
+    script = "while [ ! -e stop ]; do echo tick; sleep 0.02; done; exit 6"
+    rt.start("m1", spec(work, "sh", "-c", script))
+    out = work / "ssi-m1.out"
+    wait_lines(out, 3)
+    rt.checkpoint("m1", tmp_path / "ck", leave_running=False)
+    job = node2.restore("m1", tmp_path / "ck")  # before node1 collected the end
+    rt.wait("m1", 10)
+    rt.forget("m1")
+    assert node2.cgroups.contains("m1", job.init_pid)
+    wait_lines(out, len(lines(out)) + 3)
+    (work / "stop").touch()
+    st = node2.wait("m1", 10)
+    assert st.exited == 6 and st.source == "init"
+    node2.forget("m1")
+
+
 def test_checkpoint_of_a_suspended_job_keeps_it_suspended(
     rt: JobRuntime, work: Path, tmp_path: Path
 ) -> None:
