@@ -225,6 +225,7 @@ async def fetch_dir(
     p.check_name(name)
     dest = Path(dest)
     async with _session(ctx, endpoint, server_key, keypair, opts) as s:
+        s.link.expect_data(opts.window, opts.chunk_size)
         await s.link.send(p.Get(p.VERSION, name, opts.window, opts.chunk_size))
         manifest: p.Manifest = await _first(s, p.Manifest)
         staging = await open_staging(

@@ -26,7 +26,14 @@ import zmq
 import zmq.asyncio
 import zmq.utils.monitor
 
-from ssi.proto.errors import Denied, ProtocolError, SsiError, Unavailable, WireError
+from ssi.proto.errors import (
+    Denied,
+    MalformedMessage,
+    ProtocolError,
+    SsiError,
+    Unavailable,
+    WireError,
+)
 from ssi.rpc.keys import KeyPair, fingerprint
 from ssi.transfer import protocol as p
 from ssi.transfer.errors import error_from_wire, error_to_wire
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_IVL_MS = 1_000  # ZMTP pings: a vanished host is noticed in seconds
 HEARTBEAT_TIMEOUT_MS = 5_000
 MAX_MESSAGE = p.MAX_CHUNK + p.MAX_HEADER + 1024
+_MAX_QUEUED_MESSAGES = 2 * p.MAX_WINDOW + 64
 
 Buffer = bytes | bytearray | memoryview
 
@@ -76,11 +84,33 @@ class Link:
         self._loop = asyncio.get_running_loop()
         self.last_heard = self._loop.time()
         self._gone_waiter: asyncio.Future[None] = self._loop.create_future()
+        self.max_queued = 0  # payload bytes the inbox may hold (expect_data)
+        self.queued = 0
+        self.overflow = False
 
     # -- receiving ----------------------------------------------------------------
 
+    def expect_data(self, window: int, chunk: int) -> None:
+        """We receive DATA: queue at most `window` chunks of `chunk` bytes (what the
+        credit allows; a peer sending more is cut off). Senders queue none."""
+        self.max_queued = (window + 1) * chunk
+
     def deliver(self, item: Message | BaseException) -> None:
         self.last_heard = self._loop.time()
+        if self.overflow:
+            return  # the engine fails on the error already queued
+        if isinstance(item, Message) and item.payload is not None:
+            size = len(item.payload.buffer)
+            if (
+                self.queued + size > self.max_queued
+                or self.inbox.qsize() > _MAX_QUEUED_MESSAGES
+            ):
+                self.overflow = True
+                item = MalformedMessage(
+                    f"peer {self.peer} sent more data than its credit allows"
+                )
+            else:
+                self.queued += size
         self.inbox.put_nowait(item)
 
     def heard(self) -> None:
@@ -128,6 +158,8 @@ class Link:
     def _unwrap(self, item: Message | BaseException) -> Message:
         if isinstance(item, BaseException):
             raise item
+        if item.payload is not None:
+            self.queued -= len(item.payload.buffer)
         if isinstance(item.header, p.Err):
             self.remote_failed = True
             h = item.header

@@ -346,6 +346,7 @@ class BulkServer:
         try:
             window = self.options.window
             chunk = min(put.chunk, self.options.chunk_size)
+            link.expect_data(window, chunk)
             await link.send(p.Accept(window, chunk))
             files, nbytes = await receive_chunks(
                 link, staging, window=window, run_io=self._run_io, total=put.bytes

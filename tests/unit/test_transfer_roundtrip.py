@@ -473,6 +473,46 @@ def test_refusals_by_policy(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "exists") == []
 
 
+def test_sending_beyond_the_credit_is_cut_off(tmp_path: Path) -> None:
+    """A member that ignores the credit cannot make the server queue its data."""
+    from ssi.transfer import protocol as p
+
+    async def main() -> list[Any]:
+        import zmq.asyncio
+
+        env = await serving(tmp_path)
+        ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.curve_serverkey = SERVER.public
+        sock.curve_publickey, sock.curve_secretkey = CLIENT.public, CLIENT.secret
+        sock.connect(env.endpoint)
+        try:
+            await sock.send_multipart(p.encode(p.Put(p.VERSION, "x", True, 65536)))
+            accept = p.decode(*await sock.recv_multipart())
+            assert isinstance(accept, p.Accept)
+            block = b"z" * accept.chunk
+            for i in range(accept.window * 4):
+                header = p.Data("f", i * len(block))
+                await sock.send_multipart([*p.encode(header), block])
+            replies = []
+            while True:
+                reply = p.decode(*await asyncio.wait_for(sock.recv_multipart(), 5))
+                replies.append(reply)
+                if isinstance(reply, p.Err):
+                    break
+            await wait_idle(env.server)
+            return replies
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+            await env.server.close()
+
+    replies = run(main())
+    assert isinstance(replies[-1], p.Err)
+    assert "credit" in replies[-1].message
+    assert os.listdir(tmp_path / "in") == []
+
+
 def test_received_hook_failure_undoes_the_push(tmp_path: Path) -> None:
     src = make_images(tmp_path)
 
