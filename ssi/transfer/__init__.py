@@ -22,7 +22,7 @@ from ssi.transfer.errors import ChecksumMismatch, NoSpace, PeerGone, TransferErr
 from ssi.transfer.files import sweep_partials
 from ssi.transfer.protocol import Options
 from ssi.transfer.server import BulkPolicy, BulkServer, RootDirs
-from ssi.transfer.stream import chain, pipe_pieces
+from ssi.transfer.stream import chain, merge, pipe_pieces
 
 __all__ = [
     "BulkPolicy",
@@ -37,6 +37,7 @@ __all__ = [
     "TransferStats",
     "chain",
     "fetch_dir",
+    "merge",
     "pipe_pieces",
     "send_dir",
     "send_stream",

@@ -1,7 +1,10 @@
 """Sources for `send_stream`: forward data as it is produced, without a file.
 
     CRIU ─▶ pipe/FIFO ─▶ pipe_pieces(fd, "pages-1.img") ─┐
-    CRIU ─▶ pipe/FIFO ─▶ pipe_pieces(fd, "core-1.img")  ─┴▶ chain(...) ─▶ send_stream
+    CRIU ─▶ pipe/FIFO ─▶ pipe_pieces(fd, "core-1.img")  ─┴▶ merge(...) ─▶ send_stream
+
+`merge` reads all sources at once (a writer filling several FIFOs in turn never
+blocks on one we do not read); `chain` reads them one after the other.
 
 Each piece is a fresh `bytes` (safe to send without a copy) of what the pipe held,
 up to `piece_size`. Reads run in a worker thread, one piece ahead of the sender at
@@ -17,7 +20,7 @@ import select
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
-__all__ = ["pipe_pieces", "chain"]
+__all__ = ["pipe_pieces", "chain", "merge"]
 
 Piece = tuple[str, bytes, bool]
 
@@ -70,3 +73,36 @@ async def chain(*sources: AsyncIterable[Piece]) -> AsyncIterator[Piece]:
     for source in sources:
         async for piece in source:
             yield piece
+
+
+async def merge(*sources: AsyncIterable[Piece]) -> AsyncIterator[Piece]:
+    """The pieces of all sources as they come, each source's in its own order. A
+    source that raises ends the merge with its error (the others are cancelled)."""
+    queue: asyncio.Queue[Piece | BaseException | None] = asyncio.Queue(maxsize=2)
+
+    async def pump(source: AsyncIterable[Piece]) -> None:
+        try:
+            async for piece in source:
+                await queue.put(piece)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            await queue.put(e)
+        else:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(s)) for s in sources]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

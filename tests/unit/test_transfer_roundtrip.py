@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from ssi.transfer import (
     TransferStats,
     chain,
     fetch_dir,
+    merge,
     pipe_pieces,
     send_dir,
     send_stream,
@@ -333,6 +335,69 @@ def test_stream_from_fifos(tmp_path: Path) -> None:
     for name, data in blobs.items():
         assert (tmp_path / "in" / "mig-2" / name).read_bytes() == data
     assert stats.files == 2
+
+
+def test_stream_merges_fifos_written_in_turn(tmp_path: Path) -> None:
+    """A writer that fills two FIFOs in turn (as CRIU does pages and pagemap) would
+    block on a sequential reader; merge() reads both at once."""
+    import subprocess
+
+    for name in ("pages-1.img", "pagemap-1.img"):
+        os.mkfifo(tmp_path / name)
+    script = (
+        "import os\n"
+        "a = open('pages-1.img', 'wb', buffering=0)\n"
+        "b = open('pagemap-1.img', 'wb', buffering=0)\n"
+        "for i in range(64):\n"
+        "    a.write(bytes([i]) * 200_000)\n"
+        "    b.write(bytes([i]) * 100)\n"
+        "a.close(); b.close()\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
+
+    async def main() -> TransferStats:
+        env = await serving(tmp_path)
+        try:
+            pieces = merge(
+                pipe_pieces(tmp_path / "pages-1.img", "pages-1.img"),
+                pipe_pieces(tmp_path / "pagemap-1.img", "pagemap-1.img"),
+            )
+            return await send_stream(env.endpoint, env.key, CLIENT, pieces, "m")
+        finally:
+            await env.server.close()
+
+    try:
+        stats = run(main())
+    finally:
+        writer.wait(10)
+    out = tmp_path / "in" / "m"
+    assert (out / "pages-1.img").read_bytes() == b"".join(
+        bytes([i]) * 200_000 for i in range(64)
+    )
+    assert (out / "pagemap-1.img").read_bytes() == b"".join(
+        bytes([i]) * 100 for i in range(64)
+    )
+    assert stats.files == 2
+
+
+def test_merge_fails_with_its_source() -> None:
+    async def good() -> AsyncIterator[tuple[str, bytes, bool]]:
+        for _ in range(100):
+            yield "a", b"x", False
+            await asyncio.sleep(0.001)
+
+    async def bad() -> AsyncIterator[tuple[str, bytes, bool]]:
+        yield "b", b"y", False
+        raise OSError("pipe broke")
+
+    async def main() -> int:
+        n = 0
+        with pytest.raises(OSError, match="pipe broke"):
+            async for _ in merge(good(), bad()):
+                n += 1
+        return n
+
+    assert run(main()) < 100
 
 
 def test_slow_producer_is_not_a_dead_peer(tmp_path: Path) -> None:
