@@ -40,6 +40,13 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ckpt_keep: int = 3  # checkpoints kept per job; older ones are deleted everywhere
 
 
+class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    policy: str = "least_loaded"  # until `ssi policy set` chooses another
+    rebalance_every: float = 2.0  # seconds between rebalancing rounds
+    shared_host: bool = False  # nodes share one machine (local clusters): ignore
+    # the host-wide load and count only the jobs' demand
+
+
 class CriuConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     path: str = (
         "criu"  # a name looked up on PATH (the venv's bin first) or an absolute path
@@ -50,6 +57,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     criu: CriuConfig = msgspec.field(default_factory=CriuConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
 
     @property
     def socket_path(self) -> Path:

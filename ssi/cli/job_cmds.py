@@ -447,6 +447,8 @@ def cmd_why(ctx: Ctx) -> int:
         o.emit_json("why", why)
         return 0
     o.out.print(f"job {why['job']} is {o.state(why['state'])}: {why['reason'] or '-'}")
+    if why.get("scheduler"):
+        o.out.print(why["scheduler"])
     for ev in why["events"]:
         extra = {
             k: v

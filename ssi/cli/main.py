@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssi import __version__, config
-from ssi.cli import cluster_cmds, job_cmds, node_cmds
+from ssi.cli import cluster_cmds, job_cmds, node_cmds, policy_cmds
 from ssi.cli.output import fail
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_cmds.register(groups)
     node_cmds.register(groups)
     job_cmds.register(groups)
+    policy_cmds.register(groups)
     return p
 
 

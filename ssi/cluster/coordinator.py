@@ -80,6 +80,7 @@ class Coordinator:
         now = time.monotonic()
         # After a restart every member gets a full timeout to be heard again.
         for rec in self.store.nodes():
+            self.jobs.scheduling.node_seen(rec)
             if rec.state is not NodeState.LOST:
                 self.membership.watch(rec.name, now)
         self._refresh_keys()
@@ -132,6 +133,12 @@ class Coordinator:
 
     # --- membership -------------------------------------------------------------------
 
+    def _put(self, rec: NodeRecord, **kw: Any) -> NodeRecord:
+        """Every node change goes to the store, then to the scheduler's view."""
+        rec = self.store.put_node(rec, **kw)
+        self.jobs.scheduling.node_seen(rec)
+        return rec
+
     def register_self(self, address: str, port: int, resources: dict[str, Any]) -> None:
         """The coordinator's own node is a member like any other."""
         rec = self.store.node(self.cfg.node.name)
@@ -143,7 +150,7 @@ class Coordinator:
             joined_at=rec.joined_at if rec else time.time(),
             resources=resources,
         )
-        self.store.put_node(rec)
+        self._put(rec)
         self.membership.watch(rec.name, time.monotonic())
         self._refresh_keys()
 
@@ -168,7 +175,7 @@ class Coordinator:
         rec = NodeRecord(
             body.name, key, body.address, body.port, resources=body.resources
         )
-        self.store.put_node(rec)
+        self._put(rec)
         self._refresh_keys()
         self.membership.watch(rec.name, time.monotonic())
         await self.events.emit(NodeEvent(NodeEventKind.ADDED, rec.name, env.id))
@@ -187,7 +194,7 @@ class Coordinator:
         assert isinstance(body, m.NodeHello)
         rec = self._member(peer, body.name)
         returned = rec.state is NodeState.LOST
-        rec = self.store.put_node(
+        rec = self._put(
             NodeRecord(
                 rec.name,
                 rec.public_key,
@@ -209,12 +216,13 @@ class Coordinator:
         body = env.body
         assert isinstance(body, m.Heartbeat)
         rec = self._member(peer, body.name)
+        self.jobs.scheduling.node_seen(rec, body.report)
         self.jobs.on_heartbeat_jobs(rec.name, body.jobs, body.load)
         if (
             self.membership.heard(rec.name, time.monotonic())
             or rec.state is NodeState.LOST
         ):
-            self.store.put_node(rec.with_state(NodeState.ONLINE))
+            self._put(rec.with_state(NodeState.ONLINE))
             await self.events.emit(NodeEvent(NodeEventKind.RETURNED, rec.name, env.id))
         return {"revision": self.store.revision()}
 
@@ -227,7 +235,7 @@ class Coordinator:
                 if rec is None or name == self.cfg.node.name:
                     continue
                 why = f"no heartbeat for {self.cfg.cluster.heartbeat_timeout:g}s"
-                self.store.put_node(rec.with_state(NodeState.LOST, why))
+                self._put(rec.with_state(NodeState.LOST, why))
                 await self.events.emit(NodeEvent(NodeEventKind.LOST, name, why))
 
     # --- admin and read verbs ---
@@ -287,7 +295,7 @@ class Coordinator:
         assert isinstance(body, m.NodeDrain)
         rec = self._node(body.name)
         if rec.state is not NodeState.DRAINING:
-            rec = self.store.put_node(rec.with_state(NodeState.DRAINING, body.reason))
+            rec = self._put(rec.with_state(NodeState.DRAINING, body.reason))
             await self.events.emit(NodeEvent(NodeEventKind.DRAINING, rec.name, env.id))
         return self.view(rec)
 
@@ -300,7 +308,7 @@ class Coordinator:
                 f"node {rec.name} is lost; it comes back by itself when heard"
             )
         if rec.state is not NodeState.ONLINE:
-            rec = self.store.put_node(rec.with_state(NodeState.ONLINE))
+            rec = self._put(rec.with_state(NodeState.ONLINE))
             await self.events.emit(NodeEvent(NodeEventKind.RESUMED, rec.name, env.id))
         return self.view(rec)
 
@@ -318,7 +326,7 @@ class Coordinator:
                 f"{rec.name} still runs jobs {jobs}: drain it and let them end, or "
                 "--force (they restart elsewhere from their checkpoints, or fail)"
             )
-        self.store.put_node(rec.with_state(NodeState.EVICTING, f"evicted ({env.id})"))
+        self._put(rec.with_state(NodeState.EVICTING, f"evicted ({env.id})"))
         self.store.delete_node(rec.name)  # revokes its key: it gets nothing through
         self._refresh_keys()
         self.membership.forget(rec.name)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
 from ssi.cluster.peers import Peers, endpoint
-from ssi.cluster.placement import LeastLoaded, Placement
+from ssi.cluster.scheduling import Scheduling, check_request, request_text
 from ssi.cluster.store import (
     CheckpointRecord,
     JobRecord,
@@ -76,6 +76,9 @@ class JobManager:
         m.JobWhy.op: "on_why",
         m.JobEnded.op: "on_ended",
         m.JobsHere.op: "on_here",
+        m.PolicyList.op: "on_policy_list",
+        m.PolicyShow.op: "on_policy_show",
+        m.PolicySet.op: "on_policy_set",
     }
     OPS = frozenset(HANDLERS)
 
@@ -85,12 +88,13 @@ class JobManager:
         self.cfg = cfg
         self.store = store
         self.peers = peers
-        self.placer = LeastLoaded()
+        self.scheduling = Scheduling(cfg, store)
         self.stats: dict[int, dict[str, Any]] = {}  # live figures from heartbeats
         self.load: dict[str, dict[str, float]] = {}
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._busy: set[int] = set()  # jobs with a checkpoint or restart under way
         self._tasks: set[asyncio.Task[Any]] = set()
+        events.subscribe("scheduler", self.scheduling.node_event)
         events.subscribe("jobs", self.on_node_event)
 
     # --- plumbing ---------------------------------------------------------------------
@@ -161,6 +165,7 @@ class JobManager:
             self.store.add_job_event(job.id, event, data)
         if job.state.ended:
             self.stats.pop(job.id, None)
+            self.scheduling.job_done(job.id)
             for fut in self._waiters.pop(job.id, []):
                 if not fut.done():
                     fut.set_result(None)
@@ -175,22 +180,6 @@ class JobManager:
         out["runtime"] = end - job.started_at if job.started_at else 0.0
         return out
 
-    def running_per_node(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for job in self.store.jobs():
-            if job.state.live and job.node:
-                counts[job.node] = counts.get(job.node, 0) + 1
-        return counts
-
-    def place(self, job: JobRecord, *, exclude: tuple[str, ...] = ()) -> Placement:
-        return self.placer.place(
-            self.store.nodes(),
-            self.load,
-            self.running_per_node(),
-            want=job.spec.get("node", ""),
-            exclude=exclude,
-        )
-
     # --- submission and start ---------------------------------------------------------
 
     def _check(self, body: m.JobSubmit) -> None:
@@ -204,6 +193,7 @@ class JobManager:
             raise BadRequest("--ckpt-every and time limits take seconds >= 0")
         if body.node:
             self._node(body.node)
+        check_request(request_text(body.require, body.node))
 
     def _record(self, job_id: int, body: m.JobSubmit, env: m.Envelope) -> JobRecord:
         """A new job's record from what its submitter asked; uid and gid from the
@@ -270,7 +260,7 @@ class JobManager:
         return [self.view(j) for j in jobs]
 
     async def _place_and_start(self, job: JobRecord, cause: str) -> None:
-        placement = self.place(job)
+        placement = self.scheduling.place(job)
         if placement.node is None:
             self._save(
                 job.but(reason=placement.reason), "unplaced", reason=placement.reason
@@ -281,8 +271,8 @@ class JobManager:
             job.but(state=JobState.STARTING, node=node.name, reason=placement.reason),
             "placed",
             node=node.name,
-            scores=placement.scores,
-            refused=placement.refused,
+            policy=placement.policy,
+            explanation=placement.explain(),
         )
         try:
             started = await self.peers.call(
@@ -385,6 +375,7 @@ class JobManager:
         self.load[node] = dict(load)
         for key, figures in jobs.items():
             self.stats[int(key)] = dict(figures)
+        self.scheduling.jobs_seen(node, jobs)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -419,8 +410,24 @@ class JobManager:
             "job": job.id,
             "state": job.state.value,
             "reason": job.reason,
+            "scheduler": self.scheduling.why(job.id),
             "events": events[-10:],
         }
+
+    # --- ssi policy -------------------------------------------------------------------
+
+    async def on_policy_list(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
+        return self.scheduling.policies()
+
+    async def on_policy_show(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        return self.scheduling.show()
+
+    async def on_policy_set(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.PolicySet)
+        if not self.is_admin(env.uid, env.gid):
+            raise Denied("only an admin may switch the cluster's policy")
+        return self.scheduling.set_policy(body.name, body.params)
 
     async def on_wait(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
@@ -707,12 +714,8 @@ class JobManager:
         exclude: tuple[str, ...],
     ) -> JobRecord:
         spec = dict(job.spec, node=want)
-        placement = self.placer.place(
-            self.store.nodes(),
-            self.load,
-            self.running_per_node(),
-            want=want,
-            exclude=exclude,
+        placement = self.scheduling.place(
+            job, exclude=exclude, restart=True, node=want, keep_pin=not exclude
         )
         if placement.node is None:
             raise Conflict(f"job {job.id} cannot restart: {placement.reason}")

@@ -115,7 +115,8 @@ class LocalSsiCluster:
             f'run_dir = "{d / "run"}"\n'
             f'advertise = "{self.topology.node(node).address}"\n'
             f"port = {self.port}\n\n[cluster]\nheartbeat_interval = {interval}\n"
-            f"heartbeat_timeout = {timeout}\n"
+            f"heartbeat_timeout = {timeout}\n\n"
+            "[scheduler]\nshared_host = true\n"
         )
         return cfg
 

@@ -19,6 +19,7 @@ import psutil
 import zmq.asyncio
 
 import ssi
+from schedulers.probes.sampler import NodeSampler
 from ssi.cluster import tokens
 from ssi.cluster.coordinator import Coordinator, Welcome, z85_key
 from ssi.cluster.events import NodeEvents
@@ -35,6 +36,7 @@ from ssi.rpc.zmq_rpc import RpcClient
 log = logging.getLogger(__name__)
 
 ADMIN_OPS = {
+    m.PolicySet.op,
     m.ClusterInit.op,
     m.ClusterJoin.op,
     m.NodeToken.op,
@@ -82,6 +84,7 @@ class Agent:
         self.coord: RpcClient | None = None
         self.connected = False  # the coordinator has welcomed us since start
         self.member_keys: set[str] = set()
+        self.sampler = NodeSampler.default()
         self._revision: int | None = None
         self.executor = Executor(
             cfg, keypair, self.call_coordinator, self.bulk_key_allowed
@@ -202,8 +205,13 @@ class Agent:
                 else:
                     seq += 1
                     jobs = await asyncio.to_thread(self.executor.live_stats)
+                    report = await asyncio.to_thread(self.sampler.sample, time.time())
                     hb = m.Heartbeat(
-                        name=self.name, seq=seq, load=node_load(), jobs=jobs
+                        name=self.name,
+                        seq=seq,
+                        load=node_load(),
+                        jobs=jobs,
+                        report=report,
                     )
                     reply = await self._call(hb, timeout=max(2.0, interval * 2))
                     if reply.get("revision") != self._revision:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from schedulers.probes.job import JobProbe
 from ssi.checkpoint import Criu
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
@@ -63,6 +65,7 @@ class Executor:
         self._ended: dict[str, dict[str, Any]] = {}  # job id -> status, not yet acked
         self._stopping: set[str] = set()  # dumped to stop: their end is no job's end
         self._wake = asyncio.Event()
+        self.job_probe = JobProbe()  # CPU demand, dirty rate: what balancing weighs
         self._tasks: list[asyncio.Task[None]] = []
 
     def handlers(self) -> dict[str, Any]:
@@ -161,9 +164,11 @@ class Executor:
         for job in self.runtime.jobs():
             if job.running:
                 with contextlib.suppress(SsiError, OSError):
-                    out[job.job_id] = dict(
-                        msgspec.to_builtins(self.runtime.stats(job.job_id))
-                    )
+                    figures = dict(msgspec.to_builtins(self.runtime.stats(job.job_id)))
+                    pids = self.runtime.cgroups.pids(job.job_id)
+                    sample = self.job_probe.sample_job(job.job_id, pids, time.time())
+                    figures["probe"] = dataclasses.asdict(sample)
+                    out[job.job_id] = figures
         return out
 
     # --- requests from the coordinator ------------------------------------------------

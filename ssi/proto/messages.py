@@ -224,6 +224,7 @@ class Heartbeat(Request[Any], tag="node.heartbeat"):
     seq: int
     load: dict[str, float]
     jobs: dict[str, dict[str, Any]] = {}  # job id -> live stats (cpu, rss, ...)
+    report: dict[str, Any] = {}  # the node's probes (schedulers.probes.sampler)
 
 
 class NodeList(Request[Any], tag="node.list"):
@@ -419,3 +420,21 @@ class JobsHere(Request[Any], tag="job.here"):
 
     node: str
     running: list[int]
+
+
+# --- scheduler ----------------------------------------------------------------------
+
+
+class PolicyList(Request[Any], tag="policy.list"):
+    pass
+
+
+class PolicyShow(Request[Any], tag="policy.show"):
+    pass
+
+
+class PolicySet(Request[Any], tag="policy.set"):
+    """Switch the cluster's placement and balancing policy at run time (admin)."""
+
+    name: str
+    params: dict[str, str] = {}
