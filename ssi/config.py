@@ -30,6 +30,7 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         ""  # address peers use to reach this node; default: first non-loopback
     )
     port: int = 7070
+    cgroup_base: str = "ssi"  # jobs' cgroups: <hierarchy>/<cgroup_base>/<job id>
 
 
 class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ssi.jobs.cgroups import mounts
 from ssi.local.cluster import RUN_DIR, LocalCluster, cleanup
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
@@ -114,7 +115,9 @@ class LocalSsiCluster:
             f'[node]\nname = "{name or node}"\nstate_dir = "{d / "state"}"\n'
             f'run_dir = "{d / "run"}"\n'
             f'advertise = "{self.topology.node(node).address}"\n'
-            f"port = {self.port}\n\n[cluster]\nheartbeat_interval = {interval}\n"
+            f"port = {self.port}\n"
+            f'cgroup_base = "ssi-{self.prefix}-{node}"\n\n'
+            f"[cluster]\nheartbeat_interval = {interval}\n"
             f"heartbeat_timeout = {timeout}\n\n"
             "[scheduler]\nshared_host = true\n"
         )
@@ -192,6 +195,7 @@ class LocalSsiCluster:
             except SsiError:
                 self.stop(node, signal.SIGKILL)
         self.topology.down()  # also kills anything left in the namespaces
+        remove_cgroups(self.prefix)
 
     @classmethod
     def teardown(cls, prefix: str) -> list[str]:
@@ -210,7 +214,7 @@ class LocalSsiCluster:
                 except SsiError:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-        return removed + cleanup(prefix)
+        return removed + cleanup(prefix) + remove_cgroups(prefix)
 
     def _save(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -241,3 +245,21 @@ def _gone(pid: int) -> bool:
                 return f.read().rsplit(")", 1)[1].split()[0] == "Z"
         except FileNotFoundError:
             return True
+
+
+def remove_cgroups(prefix: str) -> list[str]:
+    """The job cgroups the cluster's nodes made (ssi-<prefix>-<node>/...), in every
+    hierarchy; called once their processes are gone."""
+    removed = []
+    for mount in mounts():
+        if mount.fstype not in ("cgroup", "cgroup2"):
+            continue
+        for base in Path(mount.point).glob(f"ssi-{prefix}-node*"):
+            for d in sorted(base.rglob("*"), key=lambda p: -len(p.parts)):
+                if d.is_dir():
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            with contextlib.suppress(OSError):
+                base.rmdir()
+                removed.append(f"cgroup {base}")
+    return removed

@@ -28,6 +28,7 @@ from ssi.cluster.store import SqliteStore
 from ssi.config import Config
 from ssi.node.executor import Executor
 from ssi.node.membership_file import MembershipFile, Role
+from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, Denied, NoReply, NotFound, SsiError, Unavailable
 from ssi.rpc.keys import KeyPair
@@ -86,8 +87,10 @@ class Agent:
         self.member_keys: set[str] = set()
         self.sampler = NodeSampler.default()
         self._revision: int | None = None
+        # Services other nodes and jobs use through this node (see ssi/node/service.py).
+        self.services: list[Service] = []
         self.executor = Executor(
-            cfg, keypair, self.call_coordinator, self.bulk_key_allowed
+            cfg, keypair, self.call_coordinator, self.member_key_allowed, self.job_env
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -103,6 +106,8 @@ class Agent:
 
     async def start(self) -> None:
         await self.executor.start()
+        for service in self.services:
+            await service.start()
         if self.membership is None:
             log.info(
                 "not in a cluster yet: `ssi cluster init` or `ssi node join TOKEN`"
@@ -125,6 +130,8 @@ class Agent:
         if self.coordinator:
             await self.coordinator.close()
             self.coordinator.store.close()
+        for service in self.services:
+            await service.close()
         await self.executor.close()
 
     def _start_coordinator(self, cluster: str) -> Coordinator:
@@ -152,13 +159,9 @@ class Agent:
         )
 
     def key_allowed(self, key: bytes | str) -> bool:
-        """Who may reach this node's cluster socket."""
-        if self.coordinator is not None:
-            return self.coordinator.key_allowed(key)
-        return (
-            self.membership is not None
-            and z85_key(key) == self.membership.coordinator_key
-        )
+        """Who may reach this node's cluster socket: members (agent.* ops are for
+        the coordinator's key only: see the daemon's handler table)."""
+        return self.member_key_allowed(key)
 
     # --- talking to the coordinator ---------------------------------------------------
 
@@ -231,11 +234,21 @@ class Agent:
         self.member_keys = {n["public_key"] for n in nodes}
         self._revision = revision
 
-    def bulk_key_allowed(self, key: bytes | str) -> bool:
-        """Who may push checkpoints to, or fetch them from, this node: members."""
+    def member_key_allowed(self, key: bytes | str) -> bool:
+        """Members of the cluster: they fetch and push checkpoints here, and reach
+        this node's services."""
         if self.coordinator is not None:
             return self.coordinator.key_allowed(key)
-        return z85_key(key) in self.member_keys or self.key_allowed(key)
+        mf = self.membership
+        return z85_key(key) in self.member_keys or (
+            mf is not None and z85_key(key) == mf.coordinator_key
+        )
+
+    def job_env(self, spec: Mapping[str, Any]) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for service in self.services:
+            env.update(service.job_env(spec))
+        return env
 
     async def call_coordinator(
         self, body: m.Request[Any], timeout: float = 30.0
@@ -254,6 +267,8 @@ class Agent:
 
     def local_handlers(self) -> Mapping[str, Any]:
         handlers: dict[str, Any] = {op: self._forward for op in FORWARDED_OPS}
+        for service in self.services:
+            handlers.update(service.local_handlers())
         handlers.update(
             {
                 m.Ping.op: self.on_ping,

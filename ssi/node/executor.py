@@ -46,15 +46,22 @@ class Executor:
         keypair: KeyPair,
         call_coordinator: Call,
         key_allowed: Callable[[bytes], bool],
+        job_env: Callable[[Mapping[str, Any]], dict[str, str]] = lambda spec: {},
     ) -> None:
         self.cfg = cfg
         self.node = cfg.node.name
         self.keypair = keypair
         self.call_coordinator = call_coordinator
+        self.job_env = job_env  # what node services add to a job's environment
         state = Path(cfg.node.state_dir)
         self.spool = state / "checkpoints"
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.runtime = JobRuntime(state / "jobs", Criu(resolve_criu(cfg)), self.node)
+        self.runtime = JobRuntime(
+            state / "jobs",
+            Criu(resolve_criu(cfg)),
+            self.node,
+            cgroup_base=cfg.node.cgroup_base,
+        )
         self.bulk = BulkServer(
             None,
             f"tcp://{cfg.node.listen}:{cfg.node.port + BULK_PORT_OFFSET}",
@@ -176,10 +183,9 @@ class Executor:
     async def on_start(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
         assert isinstance(body, m.AgentStart)
-        spec = msgspec.convert(
-            {k: v for k, v in body.spec.items() if k in JobSpec.__struct_fields__},
-            JobSpec,
-        )
+        fields = {k: v for k, v in body.spec.items() if k in JobSpec.__struct_fields__}
+        fields["env"] = {**fields.get("env", {}), **self.job_env(body.spec)}
+        spec = msgspec.convert(fields, JobSpec)
         job = await asyncio.to_thread(self.runtime.start, str(body.job), spec)
         self._watch(job)
         limit = float(body.spec.get("wall_limit") or 0)

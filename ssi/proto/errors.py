@@ -59,6 +59,11 @@ class WireError(msgspec.Struct, frozen=True):
     details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+# code -> class: every SsiError subclass that states its own code, wherever it lives
+# (ssi.jobs, ssi.checkpoint, ssi.transfer ...), comes back as itself from the wire.
+_BY_CODE: dict[str, type[SsiError]] = {}
+
+
 class SsiError(Exception):
     """Base of every error ssi reports; `details` must be msgpack-encodable."""
 
@@ -69,6 +74,11 @@ class SsiError(Exception):
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = dict(details or {})
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "code" in cls.__dict__:
+            _BY_CODE.setdefault(cls.code, cls)
 
     def __str__(self) -> str:
         return self.message or self.code
@@ -177,25 +187,13 @@ class UnknownOp(ProtocolError):
         self.op = op
 
 
-_BY_CODE: dict[str, type[SsiError]] = {
-    cls.code: cls
-    for cls in (
-        SsiError,
-        BadRequest,
-        UnknownOp,
-        NotFound,
-        Denied,
-        Timeout,
-        Conflict,
-        Unavailable,
-        NodeGone,
-        Internal,
-    )
-}
 _PROTOCOL_KINDS: dict[str, type[ProtocolError]] = {
     cls.kind: cls
     for cls in (ProtocolError, MessageTooLarge, MalformedMessage, VersionMismatch)
 }
+
+
+_BY_CODE[SsiError.code] = SsiError
 
 
 def to_wire(exc: BaseException) -> WireError:
@@ -225,4 +223,9 @@ def from_wire(err: WireError) -> SsiError:
     cls = _BY_CODE.get(err.code)
     if cls is None:
         cls = _generic(err.code)
-    return cls(err.message, details=details)
+    try:
+        return cls(err.message, details=details)
+    except TypeError:  # a subclass with a constructor of its own (e.g. CriuError)
+        exc = cls.__new__(cls)
+        SsiError.__init__(exc, err.message, details=details)
+        return exc
