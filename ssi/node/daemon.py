@@ -84,6 +84,16 @@ class Daemon:
 
             return handler
 
+        def where_coordinator(op: str, handler: Handler) -> Handler:
+            async def guarded(env: m.Envelope, peer: Any) -> Any:
+                if self.agent.coordinator is None:
+                    raise Unavailable(
+                        f"node {self.cfg.node.name} is not the coordinator"
+                    )
+                return await handler(env, peer)
+
+            return guarded
+
         def from_coordinator(op: str, handler: Handler) -> Handler:
             async def guarded(env: m.Envelope, peer: Any) -> Any:
                 mf = self.agent.membership
@@ -98,6 +108,13 @@ class Daemon:
             (op, from_coordinator(op, h))
             for op, h in self.agent.executor.handlers().items()
         )
+        for service in self.agent.services:
+            # peers reach these through the cluster socket, whose keys are members'
+            handlers.update(service.peer_handlers())
+            handlers.update(
+                (op, where_coordinator(op, h))
+                for op, h in service.coordinator_handlers().items()
+            )
         handlers[m.Ping.op] = self.agent.on_ping
         return handlers
 
