@@ -1,9 +1,13 @@
-"""Build steps pyproject.toml cannot declare: the kernel_shim cffi module (API mode) and
-the job init, a small C program every job runs as its PID 1."""
+"""Build steps pyproject.toml cannot declare: the kernel_shim cffi module (API mode),
+the job init, a small C program every job runs as its PID 1, and libdrmaa.so.1, the
+DRMAA C library (cffi embedding mode; with drmaa.h and the libdrmaa.so link beside it
+in ssi/drmaa/)."""
 
+import importlib.util
 import os
 import shlex
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -12,10 +16,35 @@ from setuptools.command.build_ext import build_ext
 
 INIT_SRC = Path("ssi/jobs/init.c")
 INIT_BIN = Path("ssi/jobs/bin/ssi-init")
+DRMAA_BUILD = Path("ssi/drmaa/_build.py")
+DRMAA_DIR = Path("ssi/drmaa")
+
+
+def build_drmaa(targets: list[Path]) -> None:
+    """Compiles libdrmaa.so.1 once into the first target, copies it to the others."""
+    # By path: the build environment has cffi and setuptools, not ssi's dependencies.
+    spec = importlib.util.spec_from_file_location("_ssi_drmaa_build", DRMAA_BUILD)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    try:
+        first = mod.build(targets[0])
+    except mod.NoSharedPython as e:
+        print(f"warning: libdrmaa not built: {e}", file=sys.stderr)
+        return
+    for target in targets[1:]:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (first.name, "drmaa.h"):
+            (target / name).write_bytes((first.parent / name).read_bytes())
+        (target / first.name).chmod(0o755)
+        link = target / "libdrmaa.so"
+        link.unlink(missing_ok=True)
+        link.symlink_to(first.name)
 
 
 class BuildExtWithInit(build_ext):
-    """build_ext that also compiles the job init next to the package."""
+    """build_ext that also compiles the job init and libdrmaa next to the package."""
 
     def run(self) -> None:
         super().run()
@@ -28,6 +57,10 @@ class BuildExtWithInit(build_ext):
             flags = ["-O2", "-Wall", "-Werror", "-static"]
             cmd = [*cc, *flags, "-o", str(target), str(INIT_SRC)]
             subprocess.run(cmd, check=True)
+        drmaa = [Path(self.build_lib) / DRMAA_DIR]
+        if self.inplace or self.editable_mode:
+            drmaa.insert(0, DRMAA_DIR)
+        build_drmaa(drmaa)
 
 
 setup(
