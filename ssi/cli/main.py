@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ssi import __version__, config
-from ssi.cli import cluster_cmds, job_cmds, node_cmds, policy_cmds
+from ssi.cli import cluster_cmds, drmaa_cmds, job_cmds, node_cmds, policy_cmds
 from ssi.cli.output import fail
+from ssi.client import socket_path
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
 from ssi.rpc.local import LocalClient
@@ -46,19 +47,9 @@ class Ctx:
 
     def socket_path(self) -> str:
         a = self.args
-        if a.socket:
-            return str(a.socket)
-        if a.on:
-            from ssi.local.ssids import LocalSsiCluster
-
-            return str(LocalSsiCluster.socket_of(a.local_prefix, a.on))
-        cfg_socket = config.load(a.config).socket_path
-        if cfg_socket.exists():
-            return str(cfg_socket)
-        from ssi.local.ssids import LocalSsiCluster
-
-        local = LocalSsiCluster.socket_of(a.local_prefix, "node1")
-        return str(local if local.exists() else cfg_socket)
+        return socket_path(
+            a.socket, on=a.on, local_prefix=a.local_prefix, config_path=a.config
+        )
 
     def call(self, body: m.Request, timeout: float | None = None) -> Any:
         client = LocalClient(self.socket_path(), timeout=timeout or self.args.timeout)
@@ -105,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_cmds.register(groups)
     job_cmds.register(groups)
     policy_cmds.register(groups)
+    drmaa_cmds.register(groups)
     return p
 
 
