@@ -159,6 +159,19 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     r.add_argument("--node", default="", help="restart it on this node")
     cmd("why", cmd_why, "the last decision or failure about a job", json=True)
+    mg = cmd(
+        "migrate",
+        cmd_migrate,
+        "move a running job to another node",
+        json=True,
+        epilog="example: ssi migrate 7 node3   (or auto: the policy chooses)",
+    )
+    mg.add_argument("node", nargs="?", default="auto", help="target node, or auto")
+    mg.add_argument(
+        "--live",
+        action="store_true",
+        help="post-copy: resume on the target first, pages follow",
+    )
 
 
 def parse_signal(text: str) -> int:
@@ -456,4 +469,25 @@ def cmd_why(ctx: Ctx) -> int:
             if k not in ("at", "kind") and v not in ("", None)
         }
         o.out.print(f"  {o.when(ev['at'])}  {ev['kind']:<16} {extra if extra else ''}")
+    return 0
+
+
+def cmd_migrate(ctx: Ctx) -> int:
+    a = ctx.args
+    with o.err.status(f"moving job {a.job} to {a.node}..."):
+        moved = ctx.call(
+            m.JobMigrate(job=a.job, node=a.node, live=a.live),
+            timeout=max(a.timeout, 900),
+        )
+    if ctx.json:
+        o.emit_json("migration", moved)
+        return 0
+    o.out.print(
+        f"job {a.job}: {moved['from']} → {moved['to']} ({moved['mode']}): "
+        f"frozen {moved['freeze_seconds'] * 1000:.0f} ms (dump "
+        f"{moved['dump_seconds'] * 1000:.0f}, transfer "
+        f"{moved['transfer_seconds'] * 1000:.0f}, restore "
+        f"{moved['restore_seconds'] * 1000:.0f}), {moved['bytes'] / 2**20:.1f} MiB, "
+        f"total {moved['total_seconds'] * 1000:.0f} ms"
+    )
     return 0

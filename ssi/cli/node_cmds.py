@@ -169,5 +169,11 @@ def cmd_evict(ctx: Ctx) -> int:
     else:
         o.out.print(f"{result['evicted']}: evicted, key revoked")
         for move in result.get("moved", []):
-            o.out.print(f"  job {move['job']} → {move['to']} ({move['how']})")
+            if move["to"]:
+                o.out.print(
+                    f"  job {move['job']} → {move['to']} ({move['how']}, "
+                    f"frozen {move['freeze_seconds'] * 1000:.0f} ms)"
+                )
+            else:
+                o.out.print(f"  job {move['job']}: [red]not moved[/]: {move['error']}")
     return 0

@@ -19,6 +19,7 @@ from ssi.cluster import tokens
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
 from ssi.cluster.jobs import JobManager
 from ssi.cluster.membership import Membership
+from ssi.cluster.migrations import Migrations
 from ssi.cluster.peers import Peers
 from ssi.cluster.store import NodeRecord, NodeState, StateStore
 from ssi.config import Config
@@ -68,7 +69,12 @@ class Coordinator:
         self._task: asyncio.Task[None] | None = None
         self.peers = peers
         self.jobs = JobManager(cfg, store, events, peers)
-        self.handlers = {**self._handlers(), **self.jobs.handlers()}
+        self.migrations = Migrations(self.jobs)
+        self.handlers = {
+            **self._handlers(),
+            **self.jobs.handlers(),
+            **self.migrations.handlers(),
+        }
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -86,6 +92,7 @@ class Coordinator:
         self._refresh_keys()
         self._task = asyncio.get_running_loop().create_task(self._watch_heartbeats())
         self.jobs.start()
+        self.migrations.start()
 
     async def close(self) -> None:
         await self.jobs.close()
@@ -112,7 +119,7 @@ class Coordinator:
         m.NodeEvict.op: "on_evict",
         m.ClusterStatus.op: "on_status",
     }
-    OPS = frozenset(NODE_HANDLERS) | JobManager.OPS
+    OPS = frozenset(NODE_HANDLERS) | JobManager.OPS | Migrations.OPS
 
     def _handlers(self) -> Mapping[str, Any]:
         return {op: getattr(self, name) for op, name in self.NODE_HANDLERS.items()}
@@ -320,11 +327,19 @@ class Coordinator:
             raise Conflict(
                 f"{rec.name} holds the coordinator role and cannot be evicted"
             )
-        jobs = [j.id for j in self.store.jobs() if j.node == rec.name and j.state.live]
-        if jobs and not body.force:
+        # Drained first (nothing new lands there), then emptied, then removed.
+        rec = self._put(rec.with_state(NodeState.EVICTING, f"evicting ({env.id})"))
+        await self.events.emit(NodeEvent(NodeEventKind.DRAINING, rec.name, env.id))
+        moves = await self.migrations.evacuate(rec.name, cause=env.id)
+        stuck = [mv for mv in moves if mv["how"] == "failed"]
+        if stuck and not body.force:
+            self._put(
+                rec.with_state(NodeState.DRAINING, "eviction stopped: jobs stuck")
+            )
             raise Conflict(
-                f"{rec.name} still runs jobs {jobs}: drain it and let them end, or "
-                "--force (they restart elsewhere from their checkpoints, or fail)"
+                f"{rec.name} is drained but jobs could not move: "
+                + "; ".join(f"job {mv['job']}: {mv['error']}" for mv in stuck)
+                + " (--force evicts anyway: they restart from checkpoints, or fail)"
             )
         self._put(rec.with_state(NodeState.EVICTING, f"evicted ({env.id})"))
         self.store.delete_node(rec.name)  # revokes its key: it gets nothing through
@@ -332,4 +347,4 @@ class Coordinator:
         self.membership.forget(rec.name)
         self.jobs.load.pop(rec.name, None)
         await self.events.emit(NodeEvent(NodeEventKind.EVICTED, rec.name, env.id))
-        return {"evicted": rec.name, "moved": []}
+        return {"evicted": rec.name, "moved": moves}

@@ -51,6 +51,7 @@ class JobState(enum.StrEnum):
     SUSPENDED = "suspended"  # frozen in its cgroup
     STOPPED = "stopped"  # checkpointed and stopped: restartable
     RESTARTING = "restarting"
+    MIGRATING = "migrating"  # frozen on its node while it moves to another
     DONE = "done"  # exited 0
     FAILED = "failed"  # exited non-zero, never ran, or lost without a checkpoint
     KILLED = "killed"  # ended by a signal
@@ -67,6 +68,7 @@ class JobState(enum.StrEnum):
             JobState.RUNNING,
             JobState.SUSPENDED,
             JobState.RESTARTING,
+            JobState.MIGRATING,
         )
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint(
-    rt: JobRuntime, job: LocalJob, dest: Path, leave_running: bool
+    rt: JobRuntime, job: LocalJob, dest: Path, leave_running: bool, hold: bool = False
 ) -> Manifest:
     """JobRuntime.checkpoint's work (see there)."""
     job_id = job.job_id
@@ -105,7 +105,9 @@ def checkpoint(
                     details={"job": job_id, "dest": str(dest), "errno": e.errno},
                 ) from None
             raise
-        if leave_running:
+        if hold:  # a migration: frozen until settle() says where it lives on
+            job.held_suspended = was_suspended
+        elif leave_running:
             if not was_suspended:
                 rt.cgroups.thaw(job_id)
         else:
@@ -116,6 +118,20 @@ def checkpoint(
             time.perf_counter() - t0, not leave_running,
         )  # fmt: skip
         return m
+
+
+def settle(rt: JobRuntime, job: LocalJob, moved: bool) -> None:
+    """End a held checkpoint: the job moved (it dies here, still frozen), or it did
+    not (it runs on here, as it was)."""
+    with job.lock:
+        if job.held_suspended is None:
+            raise Conflict(f"job {job.job_id} has no held checkpoint to settle")
+        was_suspended, job.held_suspended = job.held_suspended, None
+        if moved:
+            _stop_checkpointed(rt, job)
+        elif not was_suspended:
+            rt.cgroups.thaw(job.job_id)
+    log.info("op=job.settle job=%s moved=%s", job.job_id, moved)
 
 
 def _stop_checkpointed(rt: JobRuntime, job: LocalJob) -> None:

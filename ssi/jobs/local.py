@@ -35,6 +35,8 @@ class LocalJob:
     record: JobRecord
     pidfd: PidFd | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # set while a held checkpoint (a migration) keeps it frozen: was it suspended?
+    held_suspended: bool | None = None
 
     @property
     def spec(self) -> JobSpec:

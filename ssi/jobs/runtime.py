@@ -516,18 +516,28 @@ class JobRuntime:
             self._criu_version = self.criu.version()
         return self._criu_version
 
-    def checkpoint(self, job_id: str, dest: Path, *, leave_running: bool) -> Manifest:
+    def checkpoint(
+        self, job_id: str, dest: Path, *, leave_running: bool, hold: bool = False
+    ) -> Manifest:
         """Dump the job's whole namespace into `dest` (must not exist; its parent
         must) and write its manifest. The job is frozen from the start of the dump
         until the manifest is written; then it runs on (leave_running) or is killed
         (state CHECKPOINTED: it lives on in `dest`).
 
+        hold: stay frozen after the dump until settle() (a migration's source).
         On any failure nothing of `dest` is left and the job runs on (as it was:
         a suspended job stays suspended): CriuError (`.blocker` names what CRIU
         could not dump), CheckpointFailed (e.g. the disk filled up)."""
         return checkpointing.checkpoint(
-            self, self.job(job_id), Path(dest), leave_running
+            self, self.job(job_id), Path(dest), leave_running, hold
         )
+
+    def settle(self, job_id: str, *, moved: bool) -> None:
+        """After checkpoint(hold=True), which leaves the job frozen: it moved (killed
+        here, still frozen: state CHECKPOINTED) or not (thawed: it runs on here).
+        The two-phase end of a migration: the source keeps the job until the target
+        confirms."""
+        checkpointing.settle(self, self.job(job_id), moved)
 
     def restore(self, job_id: str, ckpt: Path) -> LocalJob:
         """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint

@@ -83,6 +83,8 @@ class Executor:
             m.AgentDump.op: self.on_dump,
             m.AgentRestore.op: self.on_restore,
             m.AgentForget.op: self.on_forget,
+            m.AgentMigrateOut.op: self.on_migrate_out,
+            m.AgentSettle.op: self.on_settle,
         }
 
     # --- life cycle -------------------------------------------------------------------
@@ -274,6 +276,8 @@ class Executor:
         fetched_from, problems = await self._usable_copy(local, body)
         job = await asyncio.to_thread(self.runtime.restore, str(body.job), local)
         self._watch(job)
+        if body.cleanup:
+            shutil.rmtree(local, ignore_errors=True)
         return {
             "pid": job.pid,
             "seconds": time.monotonic() - started,
@@ -314,6 +318,56 @@ class Executor:
             f"no sound copy of checkpoint {body.checkpoint}: "
             + "; ".join(problems or ["no holder reachable"])
         )
+
+    # --- migration: the source's half -------------------------------------------------
+
+    async def on_migrate_out(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        """Dump, keep the job frozen here, push the images to the target. On any
+        failure the job runs on here, as it was."""
+        body = env.body
+        assert isinstance(body, m.AgentMigrateOut)
+        job_id, dest = str(body.job), self.spool / body.migration
+        t0 = time.monotonic()
+        manifest = await asyncio.to_thread(
+            self.runtime.checkpoint, job_id, dest, leave_running=True, hold=True
+        )
+        t1 = time.monotonic()
+        try:
+            await send_dir(
+                bulk_endpoint(body.target),
+                body.target["key"],
+                self.keypair,
+                dest,
+                body.migration,
+                checksums=manifest.checksums(),
+            )
+        except BaseException:
+            await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
+            raise
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)  # the source keeps no images
+        return {
+            "bytes": manifest.size,
+            "dump_seconds": t1 - t0,
+            "transfer_seconds": time.monotonic() - t1,
+        }
+
+    async def on_settle(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentSettle)
+        job_id = str(body.job)
+        if not body.moved:
+            await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
+            return {}
+        self._stopping.add(job_id)  # its end here is no end of the job
+        try:
+            job = self.runtime.job(job_id)
+            await asyncio.to_thread(self.runtime.settle, job_id, moved=True)
+            self._unwatch(job)
+            await asyncio.to_thread(self.runtime.forget, job_id, kill=True)
+        finally:
+            self._stopping.discard(job_id)
+        return {}
 
     async def on_forget(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body

@@ -362,6 +362,14 @@ class JobWhy(Request[Any], tag="job.why"):
     job: int
 
 
+class JobMigrate(Request[Any], tag="job.migrate"):
+    """Move a running job to another node ("auto": the policy chooses)."""
+
+    job: int
+    node: str = "auto"
+    live: bool = False
+
+
 # --- jobs: between the coordinator and the agents -------------------------------------
 
 
@@ -396,6 +404,24 @@ class AgentRestore(Request[Any], tag="agent.restore"):
     checkpoint: str
     spec: dict[str, Any]
     holders: list[dict[str, Any]] = []  # [{name, address, port, key}]
+    cleanup: bool = False  # remove the images once restored (a migration's)
+
+
+class AgentMigrateOut(Request[Any], tag="agent.migrate_out"):
+    """A migration's source: dump the job, keep it frozen, push the images to the
+    target under the name `migration`."""
+
+    job: int
+    migration: str
+    target: dict[str, Any]  # {name, address, port, key}
+
+
+class AgentSettle(Request[Any], tag="agent.settle"):
+    """A migration's end on its source: the job moved (kill the frozen copy) or not
+    (thaw it)."""
+
+    job: int
+    moved: bool
 
 
 class AgentForget(Request[Any], tag="agent.forget"):

@@ -1,0 +1,231 @@
+"""Moving running jobs between nodes, as a transaction the coordinator drives:
+
+    source: agent.migrate_out ── freeze, dump, push images ──▶ target's bulk socket
+    target: agent.restore(cleanup) ── verify, restore ──▶ confirmed
+    record: job.node = target (in the store first) ──▶ source: agent.settle(moved)
+    any failure before the record ──▶ target forgets its copy, source thaws the job
+
+The job never runs twice: the source keeps it frozen until the target has confirmed
+and the store says where it lives; a node out of touch during the move learns on its
+return (job.here) which copies to kill. Every move is measured and recorded.
+
+Users move jobs with `ssi migrate`; evictions evacuate a node; the policy's
+rebalancing rounds (MOSIX) move jobs to less loaded nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ssi.cluster.peers import endpoint
+from ssi.cluster.store import JobRecord, JobState, NodeRecord, NodeState
+from ssi.proto import messages as m
+from ssi.proto.errors import BadRequest, Conflict, SsiError
+
+if TYPE_CHECKING:
+    from ssi.cluster.jobs import JobManager
+
+log = logging.getLogger(__name__)
+
+MOVE_TIMEOUT = 900.0
+
+
+class MigrationFailed(Conflict):
+    code = "migration_failed"
+
+
+class Migrations:
+    HANDLERS: ClassVar[dict[str, str]] = {m.JobMigrate.op: "on_migrate"}
+    OPS = frozenset(HANDLERS)
+
+    def __init__(self, jobs: JobManager) -> None:
+        self.jobs = jobs
+        self.store = jobs.store
+        self.peers = jobs.peers
+
+    def handlers(self) -> dict[str, Any]:
+        return {op: getattr(self, name) for op, name in self.HANDLERS.items()}
+
+    def start(self) -> None:
+        self.jobs.spawn(self._rebalance_rounds())
+
+    # --- requests ---
+
+    async def on_migrate(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.JobMigrate)
+        job = self.jobs._owned(env, body.job)
+        if body.live:
+            raise BadRequest(
+                "live (post-copy) migration is not available yet: use a cold migration "
+                "(without --live); the job is frozen for its dump, transfer and restore"
+            )
+        return await self.migrate(job, body.node, cause=env.id)
+
+    def _target(self, job: JobRecord, want: str) -> NodeRecord:
+        if want in ("", "auto"):
+            placement = self.jobs.scheduling.place(
+                job, exclude=(job.node,), keep_pin=False
+            )
+            if placement.node is None:
+                raise Conflict(f"no node can take job {job.id}: {placement.reason}")
+            want = placement.node
+        target = self.jobs._node(want)
+        if target.name == job.node:
+            raise BadRequest(f"job {job.id} already runs on {target.name}")
+        if target.state is not NodeState.ONLINE:
+            raise Conflict(f"{target.name} is {target.state.value}: it takes no jobs")
+        return target
+
+    async def migrate(self, job: JobRecord, want: str, *, cause: str) -> dict[str, Any]:
+        if job.state is not JobState.RUNNING:
+            raise Conflict(f"job {job.id} is {job.state.value}: only running jobs move")
+        if job.id in self.jobs._busy:
+            raise Conflict(f"job {job.id} has a checkpoint, restart or move under way")
+        target = self._target(job, want)
+        source = self.jobs._node(job.node)
+        self.jobs._busy.add(job.id)
+        try:
+            return await self._move(job, source, target, cause)
+        finally:
+            self.jobs._busy.discard(job.id)
+
+    async def _move(
+        self, job: JobRecord, source: NodeRecord, target: NodeRecord, cause: str
+    ) -> dict[str, Any]:
+        name = f"mig-{job.id}-{int(time.time() * 1000)}"
+        job = self.jobs._save(
+            job.but(state=JobState.MIGRATING), "migrating", to=target.name
+        )
+        t0 = time.monotonic()
+        try:
+            out = await self.peers.call(
+                source,
+                m.AgentMigrateOut(job=job.id, migration=name, target=endpoint(target)),
+                timeout=MOVE_TIMEOUT,
+                cause=cause,
+            )
+        except SsiError as e:  # the source thawed it: it runs on there
+            raise self._failed(job, target, "dump or transfer", e) from None
+        t1 = time.monotonic()
+        try:
+            await self.peers.call(
+                target,
+                m.AgentRestore(
+                    job=job.id, checkpoint=name, spec=job.spec, cleanup=True
+                ),
+                timeout=MOVE_TIMEOUT,
+                cause=cause,
+            )
+        except SsiError as e:
+            await self._undo(job, source, target, name)
+            raise self._failed(job, target, "restore", e) from None
+        t2 = time.monotonic()
+        figures = {
+            "from": source.name,
+            "to": target.name,
+            "mode": "cold",
+            "freeze_seconds": t2 - t0,
+            "dump_seconds": out["dump_seconds"],
+            "transfer_seconds": out["transfer_seconds"],
+            "restore_seconds": t2 - t1,
+            "bytes": out["bytes"],
+        }
+        self.jobs._save(
+            job.but(
+                state=JobState.RUNNING,
+                node=target.name,
+                reason=f"migrated from {source.name} to {target.name}",
+            ),
+            "migrated",
+            **figures,
+        )
+        try:  # the store says where it lives: the frozen copy may go
+            await self.peers.call(
+                source, m.AgentSettle(job=job.id, moved=True), timeout=60.0, cause=cause
+            )
+        except SsiError as e:  # it learns on its return (job.here) and kills it
+            log.warning(
+                "job %d: source %s not told of the move: %s", job.id, source.name, e
+            )
+        figures["total_seconds"] = time.monotonic() - t0
+        return figures
+
+    async def _undo(
+        self, job: JobRecord, source: NodeRecord, target: NodeRecord, name: str
+    ) -> None:
+        """The target did not confirm: make sure it does not run the job, then let the
+        source go on."""
+        with contextlib.suppress(SsiError):  # if down, job.here kills its copy later
+            await self.peers.call(
+                target,
+                m.AgentForget(job=job.id, kill=True, checkpoints=[name]),
+                timeout=30.0,
+            )
+        await self.peers.call(
+            source, m.AgentSettle(job=job.id, moved=False), timeout=60.0
+        )
+
+    def _failed(
+        self, job: JobRecord, target: NodeRecord, phase: str, error: SsiError
+    ) -> MigrationFailed:
+        why = (
+            f"migration to {target.name} failed at {phase}: {error}; it runs on "
+            f"{job.node}"
+        )
+        self.jobs._save(
+            job.but(state=JobState.RUNNING, reason=why),
+            "migration-failed",
+            to=target.name,
+            phase=phase,
+            error=str(error),
+        )
+        return MigrationFailed(f"job {job.id}: {why}")
+
+    # --- evacuation and balancing ---------------------------------------------------
+
+    async def evacuate(self, node: str, cause: str) -> list[dict[str, Any]]:
+        """Moves every job off `node`; returns what went where, or why not."""
+        moves = []
+        for job in self.store.jobs():
+            if job.node != node or not job.state.live:
+                continue
+            try:
+                figures = await self.migrate(job, "auto", cause=cause)
+                moves.append(
+                    {
+                        "job": job.id,
+                        "to": figures["to"],
+                        "how": "migrated",
+                        "freeze_seconds": figures["freeze_seconds"],
+                    }
+                )
+            except SsiError as e:
+                moves.append(
+                    {"job": job.id, "to": None, "how": "failed", "error": str(e)}
+                )
+        return moves
+
+    async def _rebalance_rounds(self) -> None:
+        every = self.jobs.cfg.scheduler.rebalance_every
+        while True:
+            await asyncio.sleep(every)
+            plan = self.jobs.scheduling.scheduler.rebalance(time.time())
+            for decision in plan.migrations:
+                job = self.store.job(int(decision.job))
+                ok = False
+                if job is not None and job.state is JobState.RUNNING:
+                    try:
+                        await self.migrate(
+                            job, decision.target, cause=f"rebalance: {decision.reason}"
+                        )
+                        ok = True
+                    except SsiError as e:
+                        log.info("rebalancing job %s: %s", decision.job, e)
+                self.jobs.scheduling.scheduler.migration_result(
+                    decision, ok, time.time()
+                )
