@@ -103,10 +103,8 @@ class Scheduling:
             probe = figures.get("probe") or {}
             record = self.store.job(int(job_id))
             request = None
-            if record is not None:
-                request = parse_request(
-                    request_text(record.require, record.spec.get("node", ""))
-                )
+            if record is not None:  # --node chose where it started, not where it stays
+                request = parse_request(request_text(record.require))
             self.cluster.upsert_job(
                 JobView(
                     id=str(job_id),
