@@ -19,9 +19,6 @@ from pathlib import Path
 from rich.console import Console
 
 import kernel_shim
-from kernel_shim import NsType
-from ssi import config
-from ssi.checkpoint import Criu
 from ssi.local.ssids import LocalSsiCluster, wait_for
 from ssi.proto import messages as m
 
@@ -49,58 +46,43 @@ def last_count(path: Path) -> tuple[int, int]:
     return int(pid), int(n)
 
 
-def job_demo(cluster: LocalSsiCluster, work: Path) -> None:
-    criu_bin = config.resolve_criu(config.load())
-    node1, node2 = cluster.topology.node("node1"), cluster.topology.node("node2")
+def job_demo(cluster: LocalSsiCluster, prefix: str, work: Path) -> None:
     out = work / "counter.out"
-    init = Path(__file__).parent / "jobs" / "bin" / "ssi-init"
     step(
-        "a job on node1: a Python counter under ssi-init, in its own PID/IPC/UTS "
-        "namespaces"
+        "a job: a Python counter, submitted on node1 (it runs under ssi-init in its "
+        "own PID/IPC/UTS namespaces)"
     )
-    devnull = os.open(os.devnull, os.O_RDWR)
-    pid = kernel_shim.spawn(
-        [str(init), "--", sys.executable, "-c", COUNTER, str(out)],
-        namespaces=NsType.PID | NsType.IPC | NsType.UTS,
-        netns=node1.netns_path,
-        hostname="counter",
-        stdin=devnull,
-        stdout=devnull,
-        stderr=devnull,
-    )
+    job = cluster.call(
+        "node1",
+        m.JobSubmit(
+            argv=[sys.executable, "-c", COUNTER, str(out)],
+            cwd=str(work),
+            name="counter",
+            env={"PATH": os.environ.get("PATH", "")},
+            node="node1",
+        ),
+    )["id"]
     wait_for(
         "the counter to reach 10", lambda: out.exists() and last_count(out)[1] >= 10, 15
     )
+    ssi_cli(prefix, "ps")
+    step("ssi migrate: freeze, dump, push to node2 over CURVE, restore, resume")
+    ssi_cli(prefix, "migrate", str(job), "node2")
     inner, n = last_count(out)
-    console.print(
-        f"counting: pid {inner} inside its namespace (host pid of its init {pid}), "
-        f"n={n}"
-    )
-    step("checkpoint it with CRIU on node1 (the job stops), restore it on node2")
-    images = work / "images"
-    images.mkdir()
-    dump = Criu(criu_bin, netns=node1.netns_path).dump(pid, images)
-    os.waitpid(pid, 0)  # the dumped job's init, now gone from node1
-    _, stopped_at = last_count(out)
-    console.print(
-        f"dumped {dump.image_bytes / 2**20:.1f} MiB in {dump.seconds * 1000:.0f} ms; "
-        f"stopped at n={stopped_at}"
-    )
-    restored = Criu(criu_bin, netns=node2.netns_path).restore(images)
-    console.print(
-        f"restored on node2 in {restored.seconds * 1000:.0f} ms "
-        f"(new host pid {restored.pid}, network namespace {node2.netns})"
-    )
-    wait_for("the count to go on", lambda: last_count(out)[1] >= stopped_at + 10, 15)
-    inner_after, n_after = last_count(out)
+    wait_for("the count to go on", lambda: last_count(out)[1] >= n + 10, 15)
     counts = [int(line.split()[1]) for line in out.read_text().splitlines()]
-    gapless = counts == list(range(len(counts)))
     console.print(
-        f"still counting on node2: n={n_after}, pid inside {inner_after} "
-        f"(was {inner}); no gap, no repeat: {gapless}"
+        f"still counting on node2: n={last_count(out)[1]}, pid inside "
+        f"{last_count(out)[0]}; no gap, no repeat: "
+        f"{counts == list(range(len(counts)))}"
     )
-    os.kill(restored.pid, signal.SIGKILL)
-    os.waitpid(restored.pid, 0)
+    step("ssi checkpoint --stop: a CRIU image set, copied to a second node")
+    ssi_cli(prefix, "checkpoint", str(job), "--stop")
+    step("ssi restart --node node3: fetched, verified, restored")
+    ssi_cli(prefix, "restart", str(job), "--node", "node3")
+    wait_for("the count to go on", lambda: last_count(out)[1] >= n + 30, 15)
+    ssi_cli(prefix, "show", str(job))
+    ssi_cli(prefix, "kill", str(job), "-s", "KILL")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ssi_cli(args.prefix, "node", "list")
         ssi_cli(args.prefix, "--on", "node3", "cluster", "status")
         with tempfile.TemporaryDirectory(prefix="ssi-demo-") as work:
-            job_demo(cluster, Path(work))
+            job_demo(cluster, args.prefix, Path(work))
         step("node3's ssid is killed (kill -9): the coordinator notices its silence")
         cluster.stop("node3", signal.SIGKILL)
         t0 = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -317,7 +318,7 @@ def cmd_show(ctx: Ctx) -> int:
         ("user", f"{job['user']} ({job['uid']})"),
         ("state", o.state(job["state"])),
         ("node", job["node"] or "-"),
-        ("command", " ".join(spec["argv"])),
+        ("command", _short(shlex.join(spec["argv"]), 100)),
         ("cwd", spec["cwd"]),
         ("stdout", spec["stdout"]),
         ("stderr", spec["stderr"]),
@@ -331,14 +332,26 @@ def cmd_show(ctx: Ctx) -> int:
         o.out.print("[bold]checkpoints[/]")
         _ckpt_table(job["checkpoints"])
     o.out.print("[bold]events[/]")
-    for ev in job["events"]:
-        extra = {
-            k: v
-            for k, v in ev.items()
-            if k not in ("at", "kind") and v not in ("", None)
-        }
-        o.out.print(f"  {o.when(ev['at'])}  {ev['kind']:<16} {extra if extra else ''}")
+    _events(job["events"])
     return 0
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _events(events: list[dict[str, Any]]) -> None:
+    """One line per event: its facts, numbers rounded, explanations left to `why`."""
+    for ev in events:
+        facts = []
+        for k, v in ev.items():
+            if k in ("at", "kind", "explanation") or v in ("", None, [], {}):
+                continue
+            if isinstance(v, float):
+                v = f"{v:.3f}"
+            facts.append(f"{k}={_short(str(v), 60)}")
+        o.out.print(f"  {o.when(ev['at'])}  {ev['kind']:<16} {' '.join(facts)}")
 
 
 def cmd_wait(ctx: Ctx) -> int:
@@ -462,13 +475,7 @@ def cmd_why(ctx: Ctx) -> int:
     o.out.print(f"job {why['job']} is {o.state(why['state'])}: {why['reason'] or '-'}")
     if why.get("scheduler"):
         o.out.print(why["scheduler"])
-    for ev in why["events"]:
-        extra = {
-            k: v
-            for k, v in ev.items()
-            if k not in ("at", "kind") and v not in ("", None)
-        }
-        o.out.print(f"  {o.when(ev['at'])}  {ev['kind']:<16} {extra if extra else ''}")
+    _events(why["events"])
     return 0
 
 
