@@ -260,6 +260,10 @@ class JobManager:
         return [self.view(j) for j in jobs]
 
     async def _place_and_start(self, job: JobRecord, cause: str) -> None:
+        current = self.store.job(job.id)
+        if current is None or current.state is not job.state:
+            return  # placed by another task meanwhile (submit vs retry), or cancelled
+        job = current
         placement = self.scheduling.place(job)
         if placement.node is None:
             self._save(
@@ -284,11 +288,16 @@ class JobManager:
         except SsiError as e:
             self._fail_to_start(job, f"could not start on {node.name}: {e}")
             return
+        started_at = started.get("started_at", time.time())
+        current = self.store.job(job.id)
+        if current is None or current.state is not JobState.STARTING:
+            # It ended (or was killed) while the agent's answer was on its way: its
+            # end is recorded already and must not be overwritten by RUNNING.
+            if current is not None and current.started_at is None:
+                self.store.put_job(current.but(started_at=started_at))
+            return
         self._save(
-            job.but(
-                state=JobState.RUNNING,
-                started_at=started.get("started_at", time.time()),
-            ),
+            current.but(state=JobState.RUNNING, started_at=started_at),
             "started",
             node=node.name,
             pid=started.get("pid"),
