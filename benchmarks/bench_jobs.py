@@ -4,7 +4,7 @@ process measured in the same run (both write to tmpfs).
     raw:  criu dump (job killed), criu restore        (benchmarks/_criu_baseline)
     ssi:  checkpoint: dump + manifest + copy to a 2nd node   ─▶ throughput ratio
           checkpoint --stop, restart --node node3           ─▶ vs raw restore
-          migrate node1 → node2 (cold)                      ─▶ freeze vs raw dump+restore
+          migrate node1 → node2 (cold)                  ─▶ freeze vs raw dump+restore
 
 Run: .venv/bin/python benchmarks/bench_jobs.py [--sizes 10M,100M,1G] [--json]
 Goal (issue 4): ssi checkpoint throughput >= 0.8 x raw dump throughput.
