@@ -1,7 +1,8 @@
 """Build steps pyproject.toml cannot declare: the kernel_shim cffi module (API mode),
-the job init, a small C program every job runs as its PID 1, and libdrmaa.so.1, the
-DRMAA C library (cffi embedding mode; with drmaa.h and the libdrmaa.so link beside it
-in ssi/drmaa/)."""
+the job init, a small C program every job runs as its PID 1, the cluster IPC
+interposer (ssi_ipc_preload.so, LD_PRELOADed by --cluster-ipc jobs), and
+libdrmaa.so.1, the DRMAA C library (cffi embedding mode; with drmaa.h and the
+libdrmaa.so link beside it in ssi/drmaa/)."""
 
 import importlib.util
 import os
@@ -16,6 +17,8 @@ from setuptools.command.build_ext import build_ext
 
 INIT_SRC = Path("ssi/jobs/init.c")
 INIT_BIN = Path("ssi/jobs/bin/ssi-init")
+IPC_PRELOAD_SRC = Path("ssi/ipc/interposer/ssi_ipc_preload.c")
+IPC_PRELOAD_LIB = Path("ssi/ipc/interposer/ssi_ipc_preload.so")
 DRMAA_BUILD = Path("ssi/drmaa/_build.py")
 DRMAA_DIR = Path("ssi/drmaa")
 
@@ -56,6 +59,16 @@ class BuildExtWithInit(build_ext):
             target.parent.mkdir(parents=True, exist_ok=True)
             flags = ["-O2", "-Wall", "-Werror", "-static"]
             cmd = [*cc, *flags, "-o", str(target), str(INIT_SRC)]
+            subprocess.run(cmd, check=True)
+        # the cluster IPC interposer (LD_PRELOAD of `ssi submit --cluster-ipc` jobs)
+        preload = [Path(self.build_lib) / IPC_PRELOAD_LIB]
+        if self.inplace or self.editable_mode:
+            preload.append(IPC_PRELOAD_LIB)
+        for target in preload:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            flags = ["-shared", "-fPIC", "-O2", "-Wall"]
+            libs = ["-ldl", "-lpthread"]
+            cmd = [*cc, *flags, "-o", str(target), str(IPC_PRELOAD_SRC), *libs]
             subprocess.run(cmd, check=True)
         drmaa = [Path(self.build_lib) / DRMAA_DIR]
         if self.inplace or self.editable_mode:

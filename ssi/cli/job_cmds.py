@@ -90,6 +90,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--wait", action="store_true", help="wait for it and exit with its status"
     )
     s.add_argument(
+        "--cluster-ipc",
+        action="store_true",
+        help="its System V IPC (msg*, sem*, shm*) uses cluster-wide objects",
+    )
+    s.add_argument(
         "argv",
         nargs=argparse.REMAINDER,
         metavar="-- CMD ARGS",
@@ -239,6 +244,7 @@ def cmd_submit(ctx: Ctx) -> int:
             require=a.require,
             hold=a.hold,
             ckpt_every=a.ckpt_every,
+            cluster_ipc=a.cluster_ipc,
         )
     )
     if not a.wait:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ssi import __version__, config
-from ssi.cli import cluster_cmds, drmaa_cmds, job_cmds, node_cmds, policy_cmds
+from ssi.cli import (
+    cluster_cmds,
+    drmaa_cmds,
+    ipc_cmds,
+    job_cmds,
+    node_cmds,
+    policy_cmds,
+)
 from ssi.cli.output import fail
 from ssi.client import socket_path
 from ssi.proto import messages as m
@@ -97,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_cmds.register(groups)
     policy_cmds.register(groups)
     drmaa_cmds.register(groups)
+    ipc_cmds.register(groups)
     return p
 
 

@@ -218,6 +218,7 @@ class JobManager:
             "stderr": body.stderr or os.path.join(body.cwd, f"ssi-{job_id}.err"),
             "node": body.node,
             "wall_limit": body.wall_limit,
+            "cluster_ipc": body.cluster_ipc,
         }
         return JobRecord(
             job_id,

@@ -6,11 +6,21 @@ ssi_ipc_preload.c (ssi.ipc.wire) and drives an AsyncTransport per connection.
                                          client = <node><pid>.<token>
 
 The caller's uid/gid/groups/pid come from the kernel (peer credentials), never from
-the frames. A client (one process) may hold several connections (one per concurrent
-call); when the last one closes, its parked calls are interrupted and, after
-`linger` seconds without a reconnect, `ipc.exit` applies its SEM_UNDO adjustments
-and detaches its segments. A request resent after a reconnect (same seq) is joined
-to the pending call or answered from the kept reply, so it runs once.
+the frames; `identify(pid, token)` may name the client otherwise (the daemon names a
+job's processes after the job, so the name survives a migration). A client (one
+process) may hold several connections (one per concurrent call); when the last one
+closes, after `linger` seconds without a reconnect, its parked calls are interrupted
+and `ipc.exit` applies its SEM_UNDO adjustments and detaches its segments. A
+request resent after a reconnect (same seq) is joined to the pending call or
+answered from the kept reply, so it runs once.
+
+hold(match) closes the connections of the processes `match(pid)` picks, cancels
+their calls here without ending them at the home (with `request_ids`, the
+transport is given the interposer's seq as `request=`, so the re-sent call is the
+same request) and refuses them until release(): a checkpoint then finds no socket
+connected to this server (CRIU dumps the half-closed ones; the restored process
+reconnects wherever it is and re-sends). A path "@name" is an abstract socket (one
+per network namespace: a migrated job finds its new node's server by the same name).
 
 Standalone, on one node, with an in-process table:
 
@@ -47,6 +57,7 @@ KEEP_REPLIES = 16  # replies kept per client for resent requests
 KEEP_REPLY_BYTES = 64 * 1024  # larger replies (pulls, stats) are idempotent anyway
 
 Connect = Callable[[Caller], AsyncTransport]
+Identify = Callable[[int, int], tuple[str, int]]  # (peer pid, token) -> (client, pid)
 
 
 class _Conn:
@@ -58,6 +69,10 @@ class _Conn:
         if self.open and not self.writer.is_closing():
             self.writer.write(data)
 
+    def close(self) -> None:
+        self.open = False
+        self.writer.close()
+
 
 class _Pending:
     def __init__(self, conn: _Conn) -> None:
@@ -67,8 +82,10 @@ class _Pending:
 
 
 class _Client:
-    def __init__(self, id: str) -> None:
+    def __init__(self, id: str, pid: int = 0) -> None:
         self.id = id
+        self.pid = pid  # the peer's pid, as this server sees it
+        self.held = False
         self.conns: set[_Conn] = set()
         self.pending: dict[int, _Pending] = {}
         self.done: OrderedDict[int, bytes] = OrderedDict()
@@ -100,17 +117,29 @@ class PreloadServer:
         node: str = "",
         linger: float = 0.0,
         mode: int = 0o666,
+        identify: Identify | None = None,
+        request_ids: bool = False,
     ) -> None:
+        self.abstract = str(path).startswith("@")
         self.path = Path(path)
         self.connect = connect
         self.node = node
         self.linger = linger
         self.mode = mode
+        self.identify = identify
+        self.request_ids = request_ids
         self._server: asyncio.Server | None = None
         self._clients: dict[str, _Client] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._holds: dict[object, tuple[Callable[[int], bool], set[str]]] = {}
+        self._closing = False
 
     async def start(self) -> None:
+        if self.abstract:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path="\0" + str(self.path)[1:], limit=wire.MAX_FRAME
+            )
+            return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._server = await asyncio.start_unix_server(
@@ -119,6 +148,7 @@ class PreloadServer:
         os.chmod(self.path, self.mode)
 
     async def close(self) -> None:
+        self._closing = True  # parked calls stay parked: the clients come back
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -129,8 +159,9 @@ class PreloadServer:
                 p.interrupt.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if not self.abstract:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     async def __aenter__(self) -> PreloadServer:
         await self.start()
@@ -141,6 +172,50 @@ class PreloadServer:
 
     def clients(self) -> list[str]:
         return sorted(self._clients)
+
+    def hold(self, match: Callable[[int], bool]) -> object:
+        """Close the connections of the clients whose pid `match` picks and refuse
+        theirs until release(); their calls here are cancelled, not ended (see the
+        module doc). Returns the handle release() takes."""
+        handle = object()
+        held: set[str] = set()
+        self._holds[handle] = (match, held)
+        for client in list(self._clients.values()):
+            if not client.held and match(client.pid):
+                held.add(client.id)
+                self._hold(client)
+        return handle
+
+    def _hold(self, client: _Client) -> None:
+        client.held = True
+        if client.exit_task is not None:
+            client.exit_task.cancel()
+            client.exit_task = None
+        for pending in client.pending.values():
+            if pending.task is not None:
+                pending.task.cancel()
+        client.pending.clear()
+        for conn in list(client.conns):
+            conn.close()
+
+    def release(self, handle: object, *, forget: bool) -> None:
+        """End a hold. `forget`: its processes left this node (a checkpoint that
+        stopped them), drop them here without ending them; otherwise each is ended
+        when it exits, unless it connects again first."""
+        _, held = self._holds.pop(handle, (None, set()))
+        for cid in held:
+            client = self._clients.get(cid)
+            if client is None:
+                continue
+            client.held = False
+            if forget:
+                if not client.conns:
+                    del self._clients[cid]
+            elif not client.conns and client.exit_task is None:
+                client.exit_task = self._spawn(self._exit_when_gone(client))
+
+    def _held(self, pid: int) -> bool:
+        return any(match(pid) for match, _ in self._holds.values())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -162,6 +237,8 @@ class PreloadServer:
         transport: AsyncTransport | None = None
         try:
             pid, uid, gid, groups = _peer(writer.get_extra_info("socket"))
+            if self._held(pid):
+                return  # checkpointing: it comes back when that is over
             while True:
                 body = await self._read_frame(reader)
                 if body is None:
@@ -177,10 +254,15 @@ class PreloadServer:
                 if client is None or transport is None:
                     if req.op != wire.Op.HELLO:
                         break
-                    cid = f"{self.node}{pid}.{req.fields['token']:016x}"
-                    client = self._attach(cid, conn)
+                    token = req.fields["token"]
+                    cid, cpid = f"{self.node}{pid}.{token:016x}", pid
+                    if self.identify is not None:
+                        cid, cpid = self.identify(pid, token)
+                    if self._held(pid):
+                        break
+                    client = self._attach(cid, conn, pid)
                     caller = Caller(
-                        uid=uid, gid=gid, groups=groups, pid=pid, client=cid
+                        uid=uid, gid=gid, groups=groups, pid=cpid, client=cid
                     )
                     transport = client.transport = self.connect(caller)
                     hello = struct.pack("<IIQ", wire.VERSION, 0, wire.MAX_FRAME)
@@ -203,7 +285,7 @@ class PreloadServer:
             writer.close()
             if client is not None:
                 client.conns.discard(conn)
-                if not client.conns:
+                if not client.conns and not client.held and not self._closing:
                     client.exit_task = self._spawn(self._exit_later(client))
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
@@ -217,15 +299,33 @@ class PreloadServer:
             return None
         return await reader.readexactly(length)
 
-    def _attach(self, cid: str, conn: _Conn) -> _Client:
+    def _attach(self, cid: str, conn: _Conn, pid: int = 0) -> _Client:
         client = self._clients.get(cid)
         if client is None:
-            client = self._clients[cid] = _Client(cid)
+            client = self._clients[cid] = _Client(cid, pid)
+        client.pid = pid or client.pid  # a migrated process has another one here
         if client.exit_task is not None:
             client.exit_task.cancel()  # it came back within the linger time
             client.exit_task = None
         client.conns.add(conn)
         return client
+
+    async def _exit_when_gone(self, client: _Client) -> None:
+        """A client without connections (after a hold) ends when its process does."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(client.pid)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            gone = asyncio.Event()
+            loop.add_reader(fd, gone.set)
+            try:
+                await gone.wait()
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        await self._exit_later(client)
 
     async def _exit_later(self, client: _Client) -> None:
         if self.linger > 0:
@@ -274,6 +374,8 @@ class PreloadServer:
         ret, err, payload = -1, 0, b""
         try:
             name, args = wire.to_call(req)
+            if self.request_ids:
+                args["request"] = req.seq
             value = await transport.call(name, **args, interrupt=pending.interrupt)
             ret, payload = wire.reply_payload(req, value)
         except TimeoutError:

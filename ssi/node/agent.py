@@ -26,6 +26,7 @@ from ssi.cluster.events import NodeEvents
 from ssi.cluster.peers import Peers
 from ssi.cluster.store import SqliteStore
 from ssi.config import Config
+from ssi.ipc.service import IpcService
 from ssi.node.executor import Executor
 from ssi.node.membership_file import MembershipFile, Role
 from ssi.node.service import Service
@@ -92,6 +93,8 @@ class Agent:
         self.executor = Executor(
             cfg, keypair, self.call_coordinator, self.member_key_allowed, self.job_env
         )
+        self.executor.dump_hooks = self.services  # told before and after every dump
+        self.services.append(IpcService(self))
         self._tasks: list[asyncio.Task[None]] = []
 
     @property

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from schedulers.probes.job import JobProbe
 from ssi.checkpoint import Criu
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
+from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
 from ssi.rpc.keys import KeyPair
@@ -53,6 +54,7 @@ class Executor:
         self.keypair = keypair
         self.call_coordinator = call_coordinator
         self.job_env = job_env  # what node services add to a job's environment
+        self.dump_hooks: Sequence[Service] = ()  # told before and after each dump
         state = Path(cfg.node.state_dir)
         self.spool = state / "checkpoints"
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -225,6 +227,8 @@ class Executor:
         started = time.monotonic()
         if body.stop:
             self._stopping.add(str(body.job))
+        self._before_dump(str(body.job))
+        stopped = False
         try:
             manifest = await asyncio.to_thread(
                 self.runtime.checkpoint,
@@ -232,11 +236,13 @@ class Executor:
                 dest,
                 leave_running=not body.stop,
             )
+            stopped = body.stop
             if body.stop:  # its processes are gone: drop it here, the images stay
                 self._unwatch(self.runtime.job(str(body.job)))
                 await asyncio.to_thread(self.runtime.forget, str(body.job), kill=True)
         finally:
             self._stopping.discard(str(body.job))
+            self._after_dump(str(body.job), stopped)
         dumped = time.monotonic() - started
         replicated: list[str] = []
         errors: list[str] = []
@@ -267,6 +273,14 @@ class Executor:
             "errors": errors,
             "criu_version": manifest.criu_version,
         }
+
+    def _before_dump(self, job_id: str) -> None:
+        for hook in self.dump_hooks:
+            hook.before_dump(job_id)
+
+    def _after_dump(self, job_id: str, stopped: bool) -> None:
+        for hook in self.dump_hooks:
+            hook.after_dump(job_id, stopped=stopped)
 
     async def on_restore(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
@@ -328,9 +342,14 @@ class Executor:
         assert isinstance(body, m.AgentMigrateOut)
         job_id, dest = str(body.job), self.spool / body.migration
         t0 = time.monotonic()
-        manifest = await asyncio.to_thread(
-            self.runtime.checkpoint, job_id, dest, leave_running=True, hold=True
-        )
+        self._before_dump(job_id)  # until on_settle
+        try:
+            manifest = await asyncio.to_thread(
+                self.runtime.checkpoint, job_id, dest, leave_running=True, hold=True
+            )
+        except BaseException:
+            self._after_dump(job_id, False)
+            raise
         t1 = time.monotonic()
         try:
             await send_dir(
@@ -343,6 +362,7 @@ class Executor:
             )
         except BaseException:
             await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
+            self._after_dump(job_id, False)
             raise
         finally:
             shutil.rmtree(dest, ignore_errors=True)  # the source keeps no images
@@ -356,6 +376,7 @@ class Executor:
         body = env.body
         assert isinstance(body, m.AgentSettle)
         job_id = str(body.job)
+        self._after_dump(job_id, body.moved)
         if not body.moved:
             await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
             return {}

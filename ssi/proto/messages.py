@@ -290,6 +290,7 @@ class JobSubmit(Request[Any], tag="job.submit"):
     hold: bool = False
     ckpt_every: float = 0.0  # seconds between periodic checkpoints; 0: none
     wall_limit: float = 0.0  # seconds of wall-clock time before it is killed; 0: none
+    cluster_ipc: bool = False  # its System V IPC goes to cluster objects (ssi.ipc)
     session: str = ""  # a DRMAA session (contact) the job belongs to
 
 
@@ -464,3 +465,159 @@ class PolicySet(Request[Any], tag="policy.set"):
 
     name: str
     params: dict[str, str] = {}
+
+
+# --- ipc: cluster-wide System V objects (ssi.ipc; payloads are ssi.ipc.remote bytes) --
+
+
+class IpcCall(Request[Any], tag="ipc.call"):
+    """A local client's System V op (`name` an ssi.ipc op name, `args` its fields).
+    `client` names the calling process (with its pid, from the socket), `request`
+    numbers its call: a re-sent call with the same number is the same call. A
+    blocking op answers {"state": "pending"} after `wait` seconds; asking again
+    waits on."""
+
+    name: str
+    args: dict[str, Any] = {}
+    client: str = ""
+    request: int = 0
+    wait: float = 0.0
+
+
+class IpcCancel(Request[Any], tag="ipc.cancel"):
+    """Stop a local client's pending call (reason "timeout": EAGAIN, else EINTR);
+    answers its result if it completed first."""
+
+    client: str
+    request: int
+    reason: str = "interrupt"
+
+
+class IpcObjects(Request[Any], tag="ipc.objects"):
+    """Every cluster IPC object with its home and replica (`ssi ipc list`)."""
+
+    kind: str = ""
+
+
+class IpcObject(Request[Any], tag="ipc.object"):
+    """One object's directory entry and state (`ssi ipc show`)."""
+
+    kind: str
+    id: int
+
+
+class IpcApply(Request[Any], tag="ipc.apply"):
+    """Origin node -> home: run an op (idempotent per `request`). For a get that
+    may create, `reserve` is the id a new object takes and `replica` its replica."""
+
+    operation: bytes
+    caller: bytes
+    request: str
+    origin: str
+    reserve: int | None = None
+    replica: str | None = None
+
+
+class IpcCancelAt(Request[Any], tag="ipc.cancel_at"):
+    kind: str
+    id: int
+    request: str
+    reason: str = "interrupt"
+
+
+class IpcExitAt(Request[Any], tag="ipc.exit_at"):
+    """A client (process) is gone: every home applies its SEM_UNDO, detaches it."""
+
+    caller: bytes
+
+
+class IpcWake(Request[Any], tag="ipc.wake"):
+    """Home -> origin: parked requests that completed (encoded [request, Result])."""
+
+    results: bytes
+
+
+class IpcReplicate(Request[Any], tag="ipc.replicate"):
+    """Home -> replica: encoded ReplicaItems, in order."""
+
+    items: bytes
+
+
+class IpcHomeList(Request[Any], tag="ipc.home_list"):
+    """The objects this node homes and the copies it holds for others."""
+
+
+class IpcRelease(Request[Any], tag="ipc.release"):
+    """Coordinator -> home: hand over an object (its encoded Bundle); it is no longer
+    served here."""
+
+    kind: str
+    id: int
+
+
+class IpcAdopt(Request[Any], tag="ipc.adopt"):
+    """Coordinator -> new home: serve this Bundle from now on, replicated to
+    `replica`."""
+
+    bundle: bytes
+    replica: str | None = None
+
+
+class IpcPromote(Request[Any], tag="ipc.promote"):
+    """Coordinator -> replica node: its home is lost; serve the copy from now on."""
+
+    kind: str
+    id: int
+    replica: str | None = None
+
+
+class IpcSetReplica(Request[Any], tag="ipc.set_replica"):
+    kind: str
+    id: int
+    replica: str | None = None
+
+
+class IpcDrop(Request[Any], tag="ipc.drop"):
+    """Forget an object or a copy of it held here (the directory says otherwise)."""
+
+    kind: str
+    id: int
+    home: bool = True
+    replica: bool = True
+
+
+class IpcGet(Request[Any], tag="ipc.get"):
+    """Origin -> coordinator: msgget/semget/shmget by key, routed to the key's home
+    or creating the object (home: the origin's node, when it may take objects)."""
+
+    operation: bytes
+    caller: bytes
+    request: str
+    origin: str
+
+
+class IpcWhere(Request[Any], tag="ipc.where"):
+    kind: str
+    id: int
+
+
+class IpcGone(Request[Any], tag="ipc.gone"):
+    """Home -> coordinator: an object was removed."""
+
+    kind: str
+    id: int
+
+
+class IpcMove(Request[Any], tag="ipc.move"):
+    """Move an object to another home (admin); `to` "" lets the coordinator choose."""
+
+    kind: str
+    id: int
+    to: str = ""
+
+
+class IpcHello(Request[Any], tag="ipc.hello"):
+    """A node's IPC service (re)started: the coordinator reconciles what it holds
+    (recovers what it lost from replicas, tells it what to forget)."""
+
+    node: str

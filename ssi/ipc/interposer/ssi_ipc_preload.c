@@ -2,6 +2,7 @@
  * ssi_ipc_preload.c - route an unmodified program's System V IPC to ssi.
  *
  * LD_PRELOAD=ssi_ipc_preload.so SSI_IPC_SOCKET=/path/to/socket ./program
+ * (SSI_IPC_SOCKET=@name: the abstract socket "name" of the process's network namespace)
  *
  * Exports msgget/msgsnd/msgrcv/msgctl, semget/semop/semtimedop/semctl,
  * shmget/shmat/shmdt/shmctl and ssi_shm_sync(). Each call becomes one request on a
@@ -140,6 +141,10 @@ static int enabled(void)
 		cfg_addr.sun_family = AF_UNIX;
 		strcpy(cfg_addr.sun_path, path);
 		cfg_addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
+		if (path[0] == '@') { /* abstract: the node's server, whichever node we are on */
+			cfg_addr.sun_path[0] = '\0';
+			cfg_addrlen--;
+		}
 		const char *a = getenv("SSI_IPC_SHM_AUTOSYNC");
 		cfg_autosync = !(a && strcmp(a, "0") == 0);
 		const char *r = getenv("SSI_IPC_RETRY_MS");
