@@ -402,14 +402,23 @@ class Session:
             ).start()
 
     def _kill_later(self, jid: int) -> None:
-        """KILL a terminated job that outlives KILL_GRACE (as long as we live)."""
-        try:
-            self.call(m.JobWait(job=jid, timeout=KILL_GRACE), KILL_GRACE + REPLY_MARGIN)
-        except Timeout:
-            with contextlib.suppress(SsiError):
-                self.call(m.JobKill(job=jid, signal=9))
-        except SsiError:
-            pass
+        """Finishes a terminated job off (as long as this process lives): ssid's
+        TERM reaches the main process only while it lives, every process after, so
+        once the main is gone (its children may go on) the rest get TERM too; KILL
+        after KILL_GRACE seconds if anything is left."""
+        deadline = time.monotonic() + KILL_GRACE
+        rest_termed = False
+        with contextlib.suppress(SsiError):
+            while time.monotonic() < deadline:
+                found = self.call(m.JobList(all=True, ids=[jid]))
+                if not found or _ended(found[0]):
+                    return
+                stats = found[0].get("stats") or {}
+                if stats and stats.get("main_pid") is None and not rest_termed:
+                    self.call(m.JobKill(job=jid, signal=15))
+                    rest_termed = True
+                time.sleep(0.05)
+            self.call(m.JobKill(job=jid, signal=9))
 
 
 _IN_TRANSIT = ("starting", "restarting")
