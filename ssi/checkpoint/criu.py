@@ -39,7 +39,9 @@ import re
 import select
 import signal
 import socket
+import struct
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,6 +341,110 @@ class Criu:
         stats = _stats(path / "stats-restore", "restore")
         return RestoreResult(pid, path, log_path, seconds, stats)
 
+    # -- post-copy (lazy pages) ----------------------------------------------------
+
+    def dump_lazy(
+        self,
+        pid: int,
+        images_dir: str | os.PathLike[str],
+        port: int,
+        *,
+        log_file: str = "dump.log",
+        options: DumpOptions | None = None,
+    ) -> LazyDump:
+        """Start a post-copy dump of the tree rooted at `pid`: CRIU writes every image
+        but the memory pages to images_dir, then serves the pages on TCP `port` (all
+        addresses of CRIU's network namespace: CRIU's RPC ignores the address of a
+        lazy dump) to one `criu lazy-pages` daemon, and ends once it has them all.
+
+        Returns at once; LazyDump.wait_ready() says when the images are whole and the
+        page server listens. The tree is left running at the end (leave_running):
+        the caller holds it frozen through its cgroup and kills it once moved.
+        """
+        o = options or DumpOptions()
+        req = rpc.criu_req()
+        req.type = rpc.DUMP
+        opts = req.opts
+        opts.pid = pid
+        opts.leave_running = True
+        opts.file_locks = o.file_locks
+        opts.ext_unix_sk = o.ext_unix_sk
+        opts.shell_job = o.shell_job
+        opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
+        opts.external.extend(o.external)
+        if o.freeze_cgroup:
+            opts.freeze_cgroup = o.freeze_cgroup
+        if o.timeout is not None:
+            opts.timeout = o.timeout
+        opts.lazy_pages = True
+        opts.ps.port = port
+        opts.notify_scripts = True  # "status-ready": images whole, server listening
+        opts.log_file = log_file
+        opts.log_level = o.log_level
+        path = Path(images_dir)
+        log_path = Path(o.work_dir or path) / log_file
+        return LazyDump(self, req, path, log_path, o.work_dir, port)
+
+    def lazy_pages(
+        self,
+        images_dir: str | os.PathLike[str],
+        address: str,
+        port: int,
+        *,
+        work_dir: str | None = None,
+        log_file: str = "lazy-pages.log",
+        log_level: int = 4,
+    ) -> LazyPagesDaemon:
+        """Start `criu lazy-pages` (in self.netns) for the images in images_dir,
+        fetching pages from the page server at address:port; returns once it
+        listens for the restore (whose work_dir must be the same). It exits once
+        every page of the restored tree has arrived (LazyPagesDaemon.wait)."""
+        images = Path(images_dir)
+        work = Path(work_dir) if work_dir else images
+        log_path = work / log_file
+        r, w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        argv = [
+            self.binary, "lazy-pages", "-D", str(images), "-W", str(work),
+            "--page-server", "--address", address, "--port", str(port),
+            "-o", log_file, f"-v{log_level}", "--status-fd", str(w),
+        ]  # fmt: skip
+        try:
+            try:
+                child = kernel_shim.spawn(
+                    argv,
+                    netns=self.netns,
+                    stdin=null,
+                    stdout=null,
+                    stderr=null,
+                    pass_fds=(w,),
+                    new_session=False,
+                )
+            except OSError as e:
+                raise CriuError(
+                    "lazy-pages", f"cannot start {self.binary}: {e}"
+                ) from None
+        finally:
+            os.close(w)
+            os.close(null)
+        daemon = LazyPagesDaemon(child, log_path)
+        try:
+            ready = select.select([r], [], [], self.SWRK_EXIT_TIMEOUT)[0]
+            got = os.read(r, 1) if ready else b""
+        finally:
+            os.close(r)
+        if not got:
+            daemon.kill()
+            raise CriuError(
+                "lazy-pages",
+                f"lazy-pages daemon for {address}:{port} did not start"
+                f" ({daemon.status})",
+                errors=log_errors(log_path) or _last_line(log_path),
+                log_path=log_path,
+                images_dir=images,
+            )
+        return daemon
+
     # -- plumbing ----------------------------------------------------------------
 
     def _run(
@@ -518,3 +624,229 @@ def _stats(path: Path, kind: str) -> dict[str, int]:
         return {k: int(v) for k, v in entry.items()}
     except (OSError, KeyError, IndexError, TypeError, ValueError):
         return {}
+
+
+# Page server protocol (criu/page-xfer.c): struct page_server_iov {u32 cmd, nr_pages;
+# u64 vaddr, dst_id}; PS_IOV_CLOSE ends a lazy dump's page server cleanly.
+_PS_IOV = struct.Struct("=IIQQ")
+_PS_IOV_CLOSE = 0x1023
+
+
+class LazyDump:
+    """A running post-copy dump (Criu.dump_lazy): CRIU on its RPC socket, answered
+    from a thread of ours (notifications), until its final answer."""
+
+    def __init__(
+        self,
+        criu: Criu,
+        req: Any,
+        images_dir: Path,
+        log_path: Path,
+        work_dir: str | None,
+        port: int,
+    ) -> None:
+        self.images_dir = images_dir
+        self.log_path = log_path
+        self.port = port
+        self.started = time.perf_counter()
+        self.ready_seconds: float | None = None  # start to "images whole, serving"
+        self.seconds: float | None = None  # start to CRIU's final answer
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self._resp: Any = None
+        self._failure: str | None = None
+        self._criu = criu
+        self._dirs: list[int] = []
+        try:
+            fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._dirs.append(fd)
+            req.opts.images_dir_fd = fd
+            if work_dir:
+                wfd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._dirs.append(wfd)
+                req.opts.work_dir_fd = wfd
+        except OSError as e:
+            self._close_dirs()
+            raise CriuError(
+                "dump", f"images directory {images_dir}: {e.strerror}"
+            ) from None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                self._swrk = kernel_shim.spawn(
+                    [criu.binary, "swrk", str(theirs.fileno())],
+                    netns=criu.netns,
+                    stdin=null,
+                    stdout=null,
+                    stderr=null,
+                    pass_fds=(theirs.fileno(), *self._dirs),
+                    new_session=False,
+                )
+            except OSError as e:
+                ours.close()
+                self._close_dirs()
+                raise CriuError(
+                    "dump", f"cannot start {criu.binary} swrk: {e}"
+                ) from None
+        finally:
+            theirs.close()
+            os.close(null)
+        self._sk = ours
+        self._sk.send(req.SerializeToString())
+        self._thread = threading.Thread(
+            target=self._converse, name=f"criu-lazy-dump-{port}", daemon=True
+        )
+        self._thread.start()
+
+    def _converse(self) -> None:
+        try:
+            while True:
+                size = len(self._sk.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))
+                if size == 0:
+                    self._failure = "CRIU closed its RPC socket without an answer"
+                    return
+                resp = rpc.criu_resp()
+                resp.ParseFromString(self._sk.recv(size))
+                if resp.type != rpc.NOTIFY:
+                    self._resp = resp
+                    return
+                if resp.notify.script == "status-ready":
+                    self.ready_seconds = time.perf_counter() - self.started
+                    self._ready.set()
+                ack = rpc.criu_req()
+                ack.type = rpc.NOTIFY
+                ack.notify_success = True
+                self._sk.send(ack.SerializeToString())
+        except OSError as e:
+            self._failure = f"RPC with CRIU failed: {e}"
+        finally:
+            self.seconds = time.perf_counter() - self.started
+            self._sk.close()
+            status = _reap(self._swrk, Criu.SWRK_EXIT_TIMEOUT)
+            if self._resp is None and self._failure:
+                self._failure += f" ({status})"
+            self._close_dirs()
+            self._done.set()
+            self._ready.set()  # wake a waiter: it sees the failure
+
+    def _close_dirs(self) -> None:
+        for fd in self._dirs:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._dirs = []
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait_ready(self, timeout: float) -> float:
+        """Block until the images are whole and the page server listens; seconds
+        since the start. CriuError if the dump failed (the tree then runs on, as
+        before: CRIU left it), TimeoutError after `timeout` s."""
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"lazy dump not serving pages after {timeout}s")
+        if self.ready_seconds is None:
+            self._raise()
+        return self.ready_seconds or 0.0
+
+    def wait(self, timeout: float | None = None) -> DumpResult:
+        """Block until CRIU has served every page (or failed: CriuError); the
+        tree is then left alive but still frozen by the caller's cgroup."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"lazy dump still serving pages after {timeout}s")
+        resp = self._resp
+        if resp is None or not resp.success:
+            self._raise()
+        stats = _stats(self.images_dir / "stats-dump", "dump")
+        return DumpResult(self.images_dir, self.log_path, self.seconds or 0.0, stats)
+
+    def _raise(self) -> None:
+        resp = self._resp
+        raise CriuError(
+            "dump",
+            f"lazy dump failed{': ' + self._failure if self._failure else ''}",
+            errors=log_errors(self.log_path) or _last_line(self.log_path),
+            errno=int(resp.cr_errno)
+            if resp is not None and resp.HasField("cr_errno")
+            else None,
+            errmsg=resp.cr_errmsg
+            if resp is not None and resp.HasField("cr_errmsg")
+            else None,
+            log_path=self.log_path,
+            images_dir=self.images_dir,
+        )
+
+    def close_page_server(self, address: str, timeout: float = 10.0) -> None:
+        """Abort: end the page server as a lazy-pages daemon would when done (one
+        PS_IOV_CLOSE), so that CRIU cures the tree and leaves it (frozen by the
+        caller's cgroup) instead of waiting for a daemon that will not come. A
+        daemon that is connected already keeps the server busy: kill it first
+        (CRIU then sees its connection close and ends too)."""
+        if self.done:
+            return
+        with contextlib.suppress(OSError):
+            with socket.create_connection((address, self.port), timeout=timeout) as s:
+                s.sendall(_PS_IOV.pack(_PS_IOV_CLOSE, 0, 0, 0))
+                s.recv(4)
+        if not self._done.wait(timeout):
+            self.kill()
+
+    def kill(self) -> None:
+        """Last resort: SIGKILL CRIU (the tree may keep CRIU's parasite mapped)."""
+        with contextlib.suppress(OSError):
+            os.kill(self._swrk, signal.SIGKILL)
+        self._done.wait(Criu.SWRK_EXIT_TIMEOUT)
+
+
+class LazyPagesDaemon:
+    """A `criu lazy-pages` process of ours (Criu.lazy_pages)."""
+
+    def __init__(self, pid: int, log_path: Path) -> None:
+        self.pid = pid
+        self.log_path = log_path
+        self.started = time.perf_counter()
+        self.seconds: float | None = None  # start to exit
+        self.returncode: int | None = None
+        self.status = "running"
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the daemon's exit (every page delivered, when 0); its exit
+        code (negative: killed by that signal). TimeoutError after `timeout` s."""
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            fd = -1
+        try:
+            if fd >= 0 and not select.select([fd], [], [], timeout)[0]:
+                raise TimeoutError(
+                    f"lazy-pages daemon {self.pid} runs after {timeout}s"
+                )
+            _, st = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            st = 0xFF00  # reaped elsewhere: unknown
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.seconds = time.perf_counter() - self.started
+        self.returncode = os.waitstatus_to_exitcode(st)
+        rc = self.returncode
+        self.status = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+        return rc
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.wait(Criu.SWRK_EXIT_TIMEOUT)
+
+    def error(self) -> CriuError:
+        """What went wrong, as a CriuError (call after a non-zero wait())."""
+        return CriuError(
+            "lazy-pages",
+            f"lazy-pages daemon ended before every page arrived ({self.status})",
+            errors=log_errors(self.log_path) or _last_line(self.log_path),
+            log_path=self.log_path,
+        )

@@ -4,6 +4,11 @@
                 ─▶ manifest.json ─▶ rename .<dest>.partial-XXXX to <dest>
                 ─▶ thaw, or kill while still frozen (stop: not one instruction more)
     restore:    verify ─▶ job cgroup made ─▶ CRIU restore (our child) ─▶ thaw / freeze
+    checkpoint_lazy (post-copy source): freeze ─▶ CRIU lazy dump (no pages written)
+                ─▶ manifest ─▶ held frozen; CRIU serves the pages until a daemon has
+                them all (LazyDump.wait), then settle()
+    restore_lazy (post-copy target): verify ─▶ criu lazy-pages (fetches from the
+                source's page server) ─▶ CRIU restore --lazy-pages ─▶ thaw
 
 The job stays frozen from the dump until its checkpoint is whole on disk, so that a
 failure (CRIU's, a full disk) leaves it running as if nothing happened, and a stopping
@@ -22,7 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import kernel_shim
-from ssi.checkpoint import CgroupMode, DumpOptions, RestoreOptions
+from ssi.checkpoint import (
+    CgroupMode,
+    DumpOptions,
+    LazyDump,
+    LazyPagesDaemon,
+    PageServer,
+    RestoreOptions,
+)
 from ssi.jobs import manifest as mf
 from ssi.jobs.cgroups import proc_cgroup
 from ssi.jobs.errors import CheckpointFailed
@@ -120,6 +132,76 @@ def checkpoint(
         return m
 
 
+def checkpoint_lazy(
+    rt: JobRuntime, job: LocalJob, dest: Path, port: int, ready_timeout: float
+) -> tuple[Manifest, LazyDump]:
+    """JobRuntime.checkpoint_lazy's work (see there)."""
+    job_id = job.job_id
+    with job.lock:
+        rt._require_alive(job)
+        if job.held_suspended is not None:
+            raise Conflict(f"job {job_id} is held by another checkpoint")
+        if dest.exists():
+            raise Conflict(f"checkpoint destination {dest} exists")
+        if not dest.parent.is_dir():
+            raise BadRequest(f"checkpoint destination {dest.parent} is not a directory")
+        version = rt.criu_version()
+        was_suspended = job.state is JobState.SUSPENDED
+        dump: LazyDump | None = None
+        try:
+            dest.mkdir(mode=0o700)
+            rt.cgroups.freeze(job_id)
+            dump = rt.criu.dump_lazy(
+                job.init_pid,
+                dest,
+                port,
+                options=DumpOptions(
+                    freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
+                    manage_cgroups=CgroupMode.SOFT,
+                    work_dir=str(rt.root / job_id),
+                ),
+            )
+            ready = dump.wait_ready(ready_timeout)
+            names = [p.name for p in dest.iterdir() if mf.is_covered(p.name)]
+            files = mf.digest_files(dest, names)
+            m = Manifest(
+                job_id=job_id,
+                spec=job.spec,
+                node=rt.node,
+                created=time.time(),
+                criu_version=version,
+                leave_running=True,
+                suspended=was_suspended,
+                started=job.record.started,
+                cgroup=job.record.cgroup,
+                cgroup_version=rt.cgroups.version,
+                dump_seconds=ready,
+                files=files,
+                total_bytes=sum(f.size for f in files.values()),
+            )
+            mf.write(dest, m, fsync=False)
+            dest.chmod(0o755)
+        except BaseException as e:
+            if dump is not None and not dump.done:
+                dump.kill()
+            shutil.rmtree(dest, ignore_errors=True)
+            if not was_suspended:
+                with contextlib.suppress(OSError):
+                    rt.cgroups.thaw(job_id)
+            if isinstance(e, OSError | TimeoutError):
+                raise CheckpointFailed(
+                    f"lazy checkpoint of job {job_id} to {dest} failed: {e}",
+                    details={"job": job_id, "dest": str(dest)},
+                ) from None
+            raise
+        job.held_suspended = was_suspended
+    log.info(
+        "op=job.checkpoint_lazy job=%s to=%s port=%s bytes=%s ready=%.3fs",
+        job_id, dest, port, m.total_bytes, ready,
+    )  # fmt: skip
+    return m, dump
+
+
 def settle(rt: JobRuntime, job: LocalJob, moved: bool) -> None:
     """End a held checkpoint: the job moved (it dies here, still frozen), or it did
     not (it runs on here, as it was)."""
@@ -145,7 +227,9 @@ def _stop_checkpointed(rt: JobRuntime, job: LocalJob) -> None:
         wait_readable(job.pidfd, rt.EXIT_TIMEOUT)
 
 
-def restore(rt: JobRuntime, job_id: str, ckpt: Path) -> LocalJob:
+def restore(
+    rt: JobRuntime, job_id: str, ckpt: Path, lazy: _Lazy | None = None
+) -> LocalJob:
     """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
     before CRIU reads anything), then CRIU; the init becomes our child, in the
     job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
@@ -172,8 +256,10 @@ def restore(rt: JobRuntime, job_id: str, ckpt: Path) -> LocalJob:
         rt._jobs[job_id] = job
     try:
         with job.lock:
-            _restore(rt, job, m, ckpt)
+            _restore(rt, job, m, ckpt, lazy)
     except BaseException:
+        if lazy is not None and lazy.daemon is not None:
+            lazy.daemon.kill()
         with rt._lock:
             if rt._jobs.get(job_id) is job:
                 del rt._jobs[job_id]
@@ -191,7 +277,27 @@ def restore(rt: JobRuntime, job_id: str, ckpt: Path) -> LocalJob:
     return job
 
 
-def _restore(rt: JobRuntime, job: LocalJob, m: Manifest, ckpt: Path) -> None:
+class _Lazy:
+    """A lazy restore's source of pages, and the daemon started for it."""
+
+    def __init__(self, source: PageServer) -> None:
+        self.source = source
+        self.daemon: LazyPagesDaemon | None = None
+
+
+def restore_lazy(
+    rt: JobRuntime, job_id: str, ckpt: Path, source: PageServer
+) -> tuple[LocalJob, LazyPagesDaemon]:
+    """JobRuntime.restore_lazy's work (see there)."""
+    lazy = _Lazy(source)
+    job = restore(rt, job_id, ckpt, lazy)
+    assert lazy.daemon is not None
+    return job, lazy.daemon
+
+
+def _restore(
+    rt: JobRuntime, job: LocalJob, m: Manifest, ckpt: Path, lazy: _Lazy | None = None
+) -> None:
     job_id, rec = job.job_id, job.record
     run_dir = rt.root / job_id
     run_dir.mkdir(mode=0o700, exist_ok=True)
@@ -211,10 +317,17 @@ def _restore(rt: JobRuntime, job: LocalJob, m: Manifest, ckpt: Path) -> None:
     roots: tuple[tuple[str, str], ...] = ()
     if m.cgroup != rec.cgroup:
         roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
+    if lazy is not None:
+        lazy.daemon = rt.criu.lazy_pages(
+            ckpt, lazy.source.address, lazy.source.port, work_dir=str(run_dir)
+        )
     res = rt.criu.restore(
         ckpt,
         options=RestoreOptions(
-            work_dir=str(run_dir), manage_cgroups=CgroupMode.SOFT, cgroup_root=roots
+            work_dir=str(run_dir),
+            manage_cgroups=CgroupMode.SOFT,
+            cgroup_root=roots,
+            lazy_pages=lazy is not None,
         ),
     )
     rec.init_pid = res.pid

@@ -40,7 +40,7 @@ import msgspec
 
 import kernel_shim
 from kernel_shim import NsType, PidFd
-from ssi.checkpoint import Criu
+from ssi.checkpoint import Criu, LazyDump, LazyPagesDaemon, PageServer
 from ssi.jobs import checkpointing, procfs
 from ssi.jobs.cgroups import Cgroups, check_name, detect
 from ssi.jobs.local import LocalJob, read_status, readable, wait_readable, waitid
@@ -531,6 +531,31 @@ class JobRuntime:
         return checkpointing.checkpoint(
             self, self.job(job_id), Path(dest), leave_running, hold
         )
+
+    def checkpoint_lazy(
+        self, job_id: str, dest: Path, *, port: int, ready_timeout: float = 30.0
+    ) -> tuple[Manifest, LazyDump]:
+        """The post-copy variant of checkpoint(hold=True), a live migration's source:
+        freeze, dump every image but the memory pages into `dest` (must not exist),
+        write its manifest, and serve the pages on TCP `port` (this node's network
+        namespace) to one `criu lazy-pages` daemon. Returns once `dest` is whole and
+        the server listens; the job stays frozen until settle(). Before settling,
+        LazyDump.wait() (every page delivered) or, to abort,
+        LazyDump.close_page_server() must end CRIU. On failure nothing of `dest` is
+        left and the job runs on: CriuError, CheckpointFailed."""
+        return checkpointing.checkpoint_lazy(
+            self, self.job(job_id), Path(dest), port, ready_timeout
+        )
+
+    def restore_lazy(
+        self, job_id: str, ckpt: Path, source: PageServer
+    ) -> tuple[LocalJob, LazyPagesDaemon]:
+        """restore(), post-copy: `ckpt` holds the images of checkpoint_lazy (no
+        pages); a `criu lazy-pages` daemon fetches the pages from the page server at
+        `source` while the job runs. The daemon exits once the last page arrived
+        (LazyPagesDaemon.wait() == 0); if it fails, the job's memory is incomplete:
+        kill the job. Errors as restore()."""
+        return checkpointing.restore_lazy(self, job_id, Path(ckpt), source)
 
     def settle(self, job_id: str, *, moved: bool) -> None:
         """After checkpoint(hold=True), which leaves the job frozen: it moved (killed
