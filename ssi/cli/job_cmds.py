@@ -502,5 +502,10 @@ def cmd_migrate(ctx: Ctx) -> int:
         f"{moved['transfer_seconds'] * 1000:.0f}, restore "
         f"{moved['restore_seconds'] * 1000:.0f}), {moved['bytes'] / 2**20:.1f} MiB, "
         f"total {moved['total_seconds'] * 1000:.0f} ms"
+        + (
+            f" (last page after {moved['pages_seconds'] * 1000:.0f} ms)"
+            if "pages_seconds" in moved
+            else ""
+        )
     )
     return 0

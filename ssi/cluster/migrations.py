@@ -59,12 +59,7 @@ class Migrations:
         body = env.body
         assert isinstance(body, m.JobMigrate)
         job = self.jobs._owned(env, body.job)
-        if body.live:
-            raise BadRequest(
-                "live (post-copy) migration is not available yet: use a cold migration "
-                "(without --live); the job is frozen for its dump, transfer and restore"
-            )
-        return await self.migrate(job, body.node, cause=env.id)
+        return await self.migrate(job, body.node, cause=env.id, live=body.live)
 
     def _target(self, job: JobRecord, want: str) -> NodeRecord:
         if want in ("", "auto"):
@@ -81,7 +76,9 @@ class Migrations:
             raise Conflict(f"{target.name} is {target.state.value}: it takes no jobs")
         return target
 
-    async def migrate(self, job: JobRecord, want: str, *, cause: str) -> dict[str, Any]:
+    async def migrate(
+        self, job: JobRecord, want: str, *, cause: str, live: bool = False
+    ) -> dict[str, Any]:
         if job.state is not JobState.RUNNING:
             raise Conflict(f"job {job.id} is {job.state.value}: only running jobs move")
         if job.id in self.jobs._busy:
@@ -90,12 +87,17 @@ class Migrations:
         source = self.jobs._node(job.node)
         self.jobs._busy.add(job.id)
         try:
-            return await self._move(job, source, target, cause)
+            return await self._move(job, source, target, cause, live)
         finally:
             self.jobs._busy.discard(job.id)
 
     async def _move(
-        self, job: JobRecord, source: NodeRecord, target: NodeRecord, cause: str
+        self,
+        job: JobRecord,
+        source: NodeRecord,
+        target: NodeRecord,
+        cause: str,
+        live: bool,
     ) -> dict[str, Any]:
         name = f"mig-{job.id}-{int(time.time() * 1000)}"
         job = self.jobs._save(
@@ -105,7 +107,9 @@ class Migrations:
         try:
             out = await self.peers.call(
                 source,
-                m.AgentMigrateOut(job=job.id, migration=name, target=endpoint(target)),
+                m.AgentMigrateOut(
+                    job=job.id, migration=name, target=endpoint(target), live=live
+                ),
                 timeout=MOVE_TIMEOUT,
                 cause=cause,
             )
@@ -113,10 +117,14 @@ class Migrations:
             raise self._failed(job, target, "dump or transfer", e) from None
         t1 = time.monotonic()
         try:
-            await self.peers.call(
+            restored = await self.peers.call(
                 target,
                 m.AgentRestore(
-                    job=job.id, checkpoint=name, spec=job.spec, cleanup=True
+                    job=job.id,
+                    checkpoint=name,
+                    spec=job.spec,
+                    cleanup=True,
+                    lazy_from=out.get("page_server") if live else None,
                 ),
                 timeout=MOVE_TIMEOUT,
                 cause=cause,
@@ -128,13 +136,21 @@ class Migrations:
         figures = {
             "from": source.name,
             "to": target.name,
-            "mode": "cold",
+            "mode": "live" if live else "cold",
             "freeze_seconds": t2 - t0,
             "dump_seconds": out["dump_seconds"],
             "transfer_seconds": out["transfer_seconds"],
             "restore_seconds": t2 - t1,
             "bytes": out["bytes"],
         }
+        if live:  # it ran on the target before its pages were all there
+            frozen = out["dump_seconds"] + out["transfer_seconds"]
+            figures.update(
+                freeze_seconds=frozen + restored["restore_seconds"],
+                restore_seconds=restored["restore_seconds"],
+                pages_seconds=restored["pages_seconds"],
+                bytes=out["bytes"] + restored["page_bytes"],
+            )
         self.jobs._save(
             job.but(
                 state=JobState.RUNNING,

@@ -91,7 +91,12 @@ class Agent:
         # Services other nodes and jobs use through this node (see ssi/node/service.py).
         self.services: list[Service] = []
         self.executor = Executor(
-            cfg, keypair, self.call_coordinator, self.member_key_allowed, self.job_env
+            cfg,
+            keypair,
+            self.call_coordinator,
+            self.member_key_allowed,
+            self.job_env,
+            address=address,
         )
         self.executor.dump_hooks = self.services  # told before and after every dump
         self.services.append(IpcService(self))

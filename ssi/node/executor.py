@@ -21,9 +21,10 @@ from typing import Any
 import msgspec
 
 from schedulers.probes.job import JobProbe
-from ssi.checkpoint import Criu
+from ssi.checkpoint import Criu, PageServer
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
+from ssi.migration import LiveSource, LiveTarget
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
@@ -48,12 +49,15 @@ class Executor:
         call_coordinator: Call,
         key_allowed: Callable[[bytes], bool],
         job_env: Callable[[Mapping[str, Any]], dict[str, str]] = lambda spec: {},
+        address: str = "",
     ) -> None:
         self.cfg = cfg
         self.node = cfg.node.name
         self.keypair = keypair
         self.call_coordinator = call_coordinator
         self.job_env = job_env  # what node services add to a job's environment
+        self.address = address  # where this node's page servers listen (live moves)
+        self._live: dict[str, LiveSource] = {}  # live moves out, until settled
         self.dump_hooks: Sequence[Service] = ()  # told before and after each dump
         state = Path(cfg.node.state_dir)
         self.spool = state / "checkpoints"
@@ -287,6 +291,8 @@ class Executor:
         assert isinstance(body, m.AgentRestore)
         started = time.monotonic()
         local = self.spool / body.checkpoint
+        if body.lazy_from is not None:
+            return await self._restore_live(body, local, started)
         fetched_from, problems = await self._usable_copy(local, body)
         job = await asyncio.to_thread(self.runtime.restore, str(body.job), local)
         self._watch(job)
@@ -297,6 +303,25 @@ class Executor:
             "seconds": time.monotonic() - started,
             "fetched_from": fetched_from,
             "problems": problems,
+        }
+
+    async def _restore_live(
+        self, body: m.AgentRestore, local: Path, started: float
+    ) -> dict[str, Any]:
+        """Resume the job here at once; confirm only when its last page arrived."""
+        assert body.lazy_from is not None
+        source = PageServer(body.lazy_from["address"], int(body.lazy_from["port"]))
+        target = await asyncio.to_thread(
+            LiveTarget.begin, self.runtime, str(body.job), local, source
+        )
+        self._watch(self.runtime.job(str(body.job)))
+        report = await asyncio.to_thread(target.wait_pages)
+        return {
+            "pid": report.pid,
+            "seconds": time.monotonic() - started,
+            "restore_seconds": report.restore_seconds,
+            "pages_seconds": report.pages_seconds,
+            "page_bytes": report.page_bytes,
         }
 
     async def _usable_copy(
@@ -343,10 +368,19 @@ class Executor:
         job_id, dest = str(body.job), self.spool / body.migration
         t0 = time.monotonic()
         self._before_dump(job_id)  # until on_settle
+        page_server = None
         try:
-            manifest = await asyncio.to_thread(
-                self.runtime.checkpoint, job_id, dest, leave_running=True, hold=True
-            )
+            if body.live:  # pages stay here, served to the target on demand
+                source = await asyncio.to_thread(
+                    LiveSource.begin, self.runtime, job_id, dest, self.address
+                )
+                self._live[job_id] = source
+                manifest = source.manifest
+                page_server = {"address": self.address, "port": source.port}
+            else:
+                manifest = await asyncio.to_thread(
+                    self.runtime.checkpoint, job_id, dest, leave_running=True, hold=True
+                )
         except BaseException:
             self._after_dump(job_id, False)
             raise
@@ -361,16 +395,27 @@ class Executor:
                 checksums=manifest.checksums(),
             )
         except BaseException:
-            await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
+            await self._settle(job_id, moved=False)
             self._after_dump(job_id, False)
             raise
         finally:
-            shutil.rmtree(dest, ignore_errors=True)  # the source keeps no images
+            if not body.live:  # the source keeps no images (live: until commit)
+                shutil.rmtree(dest, ignore_errors=True)
         return {
             "bytes": manifest.size,
             "dump_seconds": t1 - t0,
             "transfer_seconds": time.monotonic() - t1,
+            "page_server": page_server,
         }
+
+    async def _settle(self, job_id: str, *, moved: bool) -> None:
+        live = self._live.pop(job_id, None)
+        if live is None:
+            await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
+        elif moved:
+            await asyncio.to_thread(live.commit)
+        else:
+            await asyncio.to_thread(live.abort)
 
     async def on_settle(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
@@ -378,12 +423,12 @@ class Executor:
         job_id = str(body.job)
         self._after_dump(job_id, body.moved)
         if not body.moved:
-            await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
+            await self._settle(job_id, moved=False)
             return {}
         self._stopping.add(job_id)  # its end here is no end of the job
         try:
             job = self.runtime.job(job_id)
-            await asyncio.to_thread(self.runtime.settle, job_id, moved=True)
+            await self._settle(job_id, moved=True)
             self._unwatch(job)
             await asyncio.to_thread(self.runtime.forget, job_id, kill=True)
         finally:

@@ -406,6 +406,7 @@ class AgentRestore(Request[Any], tag="agent.restore"):
     spec: dict[str, Any]
     holders: list[dict[str, Any]] = []  # [{name, address, port, key}]
     cleanup: bool = False  # remove the images once restored (a migration's)
+    lazy_from: dict[str, Any] | None = None  # live: the source's page server
 
 
 class AgentMigrateOut(Request[Any], tag="agent.migrate_out"):
@@ -415,6 +416,7 @@ class AgentMigrateOut(Request[Any], tag="agent.migrate_out"):
     job: int
     migration: str
     target: dict[str, Any]  # {name, address, port, key}
+    live: bool = False  # post-copy: only non-memory images move now, pages later
 
 
 class AgentSettle(Request[Any], tag="agent.settle"):

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks._workloads import COUNTER, counter_problems, read_ticks
+from benchmarks._workloads import COUNTER, counter_problems, longest_pause, read_ticks
 from ssi.local.ssids import LocalSsiCluster
 from ssi.proto import messages as m
-from ssi.proto.errors import BadRequest, SsiError
+from ssi.proto.errors import SsiError
 
 from .conftest import wait_for
 
@@ -83,8 +83,24 @@ def test_cold_migration_keeps_counting_without_gap_or_repeat(
     assert j["node"] == "node3" and j["state"] == "running"
     assert [e for e in j["events"] if e["kind"] == "migrated"][-1]["to"] == "node3"
     assert images_left(cluster) == []  # cold: nothing left behind on either side
-    with pytest.raises(BadRequest, match="live"):
-        cluster.call("node1", m.JobMigrate(job=job_id, node="node1", live=True))
+
+
+def test_live_migration_resumes_before_the_pages_arrive(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    job_id, out = counter(cluster, workdir, "node1")
+    moved = cluster.call(
+        "node1", m.JobMigrate(job=job_id, node="node2", live=True), timeout=120
+    )
+    assert (moved["from"], moved["to"], moved["mode"]) == ("node1", "node2", "live")
+    assert moved["pages_seconds"] >= moved["restore_seconds"] > 0
+    n = len(read_ticks(out))
+    wait_for("counting on node2", lambda: len(read_ticks(out)) > n + 10, 10)
+    ticks = read_ticks(out)
+    assert counter_problems(ticks) == []
+    assert longest_pause(ticks) < 5.0
+    assert job(cluster, job_id)["node"] == "node2"
+    assert images_left(cluster) == []
 
 
 def test_twenty_moves_round_the_ring(cluster: LocalSsiCluster, workdir: Path) -> None:
