@@ -362,3 +362,38 @@ def test_batch_submit_sessions_wait_any_and_wall_limit(
     with pytest.raises(SsiError, match="none of 1|job"):
         never = submit(cluster, ["sleep", "60"], workdir)
         cluster.call("node1", m.JobWaitAny(jobs=[never["id"]], timeout=0.2))
+
+
+def test_a_job_criu_cannot_dump_says_what_blocks_it(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    import socket
+
+    server = socket.create_server((cluster.topology.host_address, 0))
+    port = server.getsockname()[1]
+    script = (
+        "import socket, sys, time\n"
+        "s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n"
+        "print('connected', flush=True)\n"
+        "while True: time.sleep(0.1)\n"
+    )
+    out = workdir / "tcp.out"
+    j = submit(
+        cluster,
+        [sys.executable, "-c", script, cluster.topology.host_address, str(port)],
+        workdir,
+        stdout=str(out),
+    )
+    conn, _ = server.accept()
+    try:
+        wait_state(cluster, j["id"], "running")
+        with pytest.raises(SsiError) as info:
+            cluster.call("node1", m.JobCheckpoint(job=j["id"]), timeout=60)
+        assert "TCP" in str(info.value)
+        why = cluster.call("node2", m.JobWhy(job=j["id"]))
+        assert why["state"] == "running" and "TCP" in why["reason"]
+        assert cluster.call("node1", m.JobCheckpoints(job=j["id"])) == []
+    finally:
+        cluster.call("node1", m.JobKill(job=j["id"], signal=9))
+        conn.close()
+        server.close()
