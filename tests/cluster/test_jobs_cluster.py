@@ -397,3 +397,25 @@ def test_a_job_criu_cannot_dump_says_what_blocks_it(
         cluster.call("node1", m.JobKill(job=j["id"], signal=9))
         conn.close()
         server.close()
+
+
+def test_periodic_checkpoints_keep_the_last_three(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    job_id, _ = counter(cluster, workdir, node="node2", ckpt_every=1.0)
+    wait_for(
+        "five periodic checkpoints",
+        lambda: (
+            sum(e["kind"] == "checkpointed" for e in job(cluster, job_id)["events"])
+            >= 5
+        ),
+        30,
+    )
+    kept = cluster.call("node1", m.JobCheckpoints(job=job_id))
+    assert 1 <= len(kept) <= 3  # ckpt_keep: older ones deleted everywhere
+    spool = [cluster.node_dir(n) / "state" / "checkpoints" for n in cluster.node_names]
+    on_disk = {p.name for d in spool for p in d.iterdir() if not p.name.startswith(".")}
+    assert on_disk <= {c["id"] for c in kept} | {
+        c["id"] for c in cluster.call("node1", m.JobCheckpoints(job=job_id))
+    }
+    cluster.call("node1", m.JobKill(job=job_id, signal=9))
