@@ -64,7 +64,14 @@ from ssi.ipc.remote import (
 from ssi.ipc.router import ClusterTransport, Pending, Router
 from ssi.node.service import Handler
 from ssi.proto import messages as m
-from ssi.proto.errors import BadRequest, Denied, NotFound, SsiError, Unavailable
+from ssi.proto.errors import (
+    BadRequest,
+    Denied,
+    NoReply,
+    NotFound,
+    SsiError,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from ssi.node.agent import Agent
@@ -201,11 +208,14 @@ class IpcService:
                 "cluster IPC interposer not built: reinstall ssi (setup.py compiles "
                 "ssi/ipc/interposer/ssi_ipc_preload.c) or run `bash scripts/setup.sh`"
             )
-        return {
+        env = {
             "LD_PRELOAD": str(lib),
             "SSI_IPC_SOCKET": self.socket,
             "SSI_IPC_RETRY_MS": RETRY_MS,
         }
+        if "SSI_SOCKET" not in spec.get("env", {}):  # for ssi.ipc.client
+            env["SSI_SOCKET"] = str(self.agent.cfg.socket_path)
+        return env
 
     def library(self) -> Path | None:
         return interposer.library_path()
@@ -268,6 +278,18 @@ class IpcService:
         return _pidns(job.init_pid)
 
     def _job_of(self, pid: int) -> str | None:
+        """The job a process belongs to: from its cgroup (<base>/<job id>), which a
+        restore sets before the process runs again; else by its PID namespace."""
+        base = self.agent.cfg.node.cgroup_base.strip("/")
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                for line in f:
+                    path = line.rstrip("\n").split(":", 2)[-1]
+                    head, _, job = path.rpartition("/")
+                    if job.isdigit() and head.endswith("/" + base):
+                        return job
+        except OSError:
+            pass
         ns = _pidns(pid)
         if ns is None:
             return None
@@ -355,7 +377,14 @@ class IpcService:
         rec = await self._record(name)
         try:
             return await self.peers.call(rec, body, timeout=timeout)
+        except NoReply:
+            # A peer that refused our key (it had not heard of us yet) never
+            # completes that socket's handshake: the next call makes a new one.
+            self.peers.drop(name)
+            self._records.pop(name, None)
+            raise
         except Unavailable:
+            self.peers.drop(name)
             rec = await self._record(name, fresh=True)
             return await self.peers.call(rec, body, timeout=timeout)
 

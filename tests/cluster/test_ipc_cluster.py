@@ -1,0 +1,579 @@
+"""Cluster IPC on a real 3-node local cluster: typed messages between jobs on three
+nodes (Python API and unmodified C programs through the interposer), semaphore-
+protected counters, a blocked consumer checkpointed and moved, the home of a busy
+queue evicted mid-traffic, a home killed and its objects back from their replicas,
+permissions, the admin view.
+
+The default run exchanges MESSAGES typed messages; `-m slow` runs the 100,000."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ssi.ipc.api import MessageQueue, SemaphoreSet, SharedMemory
+from ssi.ipc.client import SocketTransport
+from ssi.local.ssids import LocalSsiCluster
+from ssi.proto import messages as m
+
+from .conftest import HB_TIMEOUT, wait_for
+
+MESSAGES = 6000  # typed messages in the default run (the slow test: 100,000)
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = 65534
+
+PRODUCER = r"""
+/* producer KEY COUNT NTYPES [FIRST]: COUNT messages, type 1 + i % NTYPES, text i */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+struct msg { long mtype; char text[32]; };
+int main(int argc, char **argv)
+{
+    key_t key = (key_t)strtol(argv[1], NULL, 0);
+    long count = atol(argv[2]), ntypes = atol(argv[3]);
+    long first = argc > 4 ? atol(argv[4]) : 0;
+    int id = msgget(key, IPC_CREAT | 0666);
+    if (id < 0) { perror("msgget"); return 1; }
+    for (long i = first; i < first + count; i++) {
+        struct msg m = { 1 + i % ntypes, "" };
+        int n = snprintf(m.text, sizeof m.text, "%ld", i);
+        while (msgsnd(id, &m, (size_t)n + 1, 0) < 0) {
+            if (errno == EINTR) continue;
+            perror("msgsnd"); return 1;
+        }
+    }
+    printf("sent %ld\n", count);
+    return 0;
+}
+"""
+
+CONSUMER = r"""
+/* consumer KEY TYPE NTYPES COUNT: COUNT messages of TYPE, which must carry
+ * TYPE-1, TYPE-1+NTYPES, ... in that order; prints "ok COUNT" */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+struct msg { long mtype; char text[32]; };
+int main(int argc, char **argv)
+{
+    key_t key = (key_t)strtol(argv[1], NULL, 0);
+    long type = atol(argv[2]), ntypes = atol(argv[3]), count = atol(argv[4]);
+    int id;
+    while ((id = msgget(key, 0666)) < 0) {
+        if (errno != ENOENT) { perror("msgget"); return 1; }
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, NULL);
+    }
+    printf("waiting\n");
+    fflush(stdout);
+    long expect = type - 1;
+    for (long i = 0; i < count; i++) {
+        struct msg m;
+        while (msgrcv(id, &m, sizeof m.text, type, 0) < 0) {
+            if (errno == EINTR) continue;
+            perror("msgrcv"); return 1;
+        }
+        long v = atol(m.text);
+        if (m.mtype != type || v != expect) {
+            printf("bad: type %ld value %ld, expected %ld\n", m.mtype, v, expect);
+            return 2;
+        }
+        expect += ntypes;
+    }
+    printf("ok %ld\n", count);
+    return 0;
+}
+"""
+
+SEMCOUNT = r"""
+/* semcount KEY N: N times, under semaphore 0 of set KEY, increments the long at
+ * the start of segment KEY (an attached copy, synced around semop) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ipc.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+int main(int argc, char **argv)
+{
+    key_t key = (key_t)strtol(argv[1], NULL, 0);
+    long n = atol(argv[2]);
+    int sem = semget(key, 1, 0666), shm = shmget(key, 0, 0666);
+    if (sem < 0 || shm < 0) { perror("get"); return 1; }
+    volatile long *counter = shmat(shm, NULL, 0);
+    if (counter == (void *)-1) { perror("shmat"); return 1; }
+    struct sembuf p = {0, -1, SEM_UNDO}, v = {0, 1, SEM_UNDO};
+    for (long i = 0; i < n; i++) {
+        if (semop(sem, &p, 1) < 0) { perror("semop P"); return 1; }
+        *counter = *counter + 1;
+        if (semop(sem, &v, 1) < 0) { perror("semop V"); return 1; }
+    }
+    shmdt((void *)counter);
+    printf("done %ld\n", n);
+    return 0;
+}
+"""
+
+PY_PRODUCER = """
+import sys
+from ssi.ipc import client
+from ssi.ipc.api import MessageQueue
+key, count, ntypes = int(sys.argv[1], 0), int(sys.argv[2]), int(sys.argv[3])
+q = MessageQueue.create(client.connect(), key=key, mode=0o666)
+for i in range(count):
+    q.send(str(i).encode(), mtype=1 + i % ntypes)
+print("sent", count)
+"""
+
+PY_CONSUMER = """
+import sys
+from ssi.ipc import client
+from ssi.ipc.api import MessageQueue
+key, mtype, ntypes, count = (int(a, 0) for a in sys.argv[1:5])
+q = MessageQueue.create(client.connect(), key=key, mode=0o666)
+expect = mtype - 1
+for _ in range(count):
+    msg = q.receive(mtype=mtype, timeout=120)
+    if msg.mtype != mtype or int(msg.data) != expect:
+        print("bad", msg, "expected", expect)
+        sys.exit(2)
+    expect += ntypes
+print("ok", count)
+"""
+
+PY_SEMCOUNT = """
+import sys
+from ssi.ipc import client
+from ssi.ipc.api import SemaphoreSet, SharedMemory
+key, n = int(sys.argv[1], 0), int(sys.argv[2])
+t = client.connect()
+sem, shm = SemaphoreSet.get(t, key), SharedMemory.get(t, key)
+for _ in range(n):
+    sem.acquire(undo=True)
+    value = int.from_bytes(shm.read(8, 8), "little")
+    shm.write(8, (value + 1).to_bytes(8, "little"))
+    sem.release(undo=True)
+print("done", n)
+"""
+
+
+@pytest.fixture
+def cluster(
+    ssi_cluster: Callable[..., LocalSsiCluster], request: pytest.FixtureRequest
+) -> Iterator[LocalSsiCluster]:
+    c = ssi_cluster(3)
+    yield c
+    keep = os.environ.get("SSI_TEST_KEEP_LOGS")  # a directory to copy ssid logs to
+    if keep:
+        dest = Path(keep) / request.node.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for node in c.node_names:
+            with contextlib.suppress(OSError):
+                shutil.copy(c.log_path(node), dest / f"{node}.log")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A directory every node sees at the same path, usable by any user, with the
+    C test programs compiled in it."""
+    tmp_path.chmod(0o777)
+    for parent in tmp_path.parents:
+        if parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
+    for name, source in (
+        ("producer", PRODUCER),
+        ("consumer", CONSUMER),
+        ("semcount", SEMCOUNT),
+    ):
+        src = tmp_path / f"{name}.c"
+        src.write_text(source)
+        subprocess.run(
+            ["cc", "-O2", "-Wall", "-o", str(tmp_path / name), str(src)], check=True
+        )
+    for name, source in (
+        ("producer.py", PY_PRODUCER),
+        ("consumer.py", PY_CONSUMER),
+        ("semcount.py", PY_SEMCOUNT),
+    ):
+        (tmp_path / name).write_text(textwrap.dedent(source))
+    return tmp_path
+
+
+_keys = iter(range(0x5100, 0x7FFFFFFF, 7))
+
+
+def as_user(uid: int, checks: dict[str, Callable[[], object]]) -> dict[str, int]:
+    """Each check run by a forked child that became `uid`: its errno (0: passed)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        out: dict[str, int] = {}
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            for name, check in checks.items():
+                try:
+                    check()
+                    out[name] = 0
+                except OSError as e:
+                    out[name] = e.errno or -1
+        finally:
+            os.write(w, json.dumps(out).encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    result: dict[str, int] = json.loads(data)
+    return result
+
+
+def new_key() -> int:
+    return next(_keys) + (os.getpid() % 1000) * 0x10000
+
+
+def transport(c: LocalSsiCluster, node: str) -> SocketTransport:
+    return SocketTransport(c.socket(node), poll=2.0)
+
+
+def submit(c: LocalSsiCluster, node: str, argv: list[str], cwd: Path, **kw: Any) -> int:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    job = c.call(
+        node,
+        m.JobSubmit(
+            argv=argv, cwd=str(cwd), env=env, node=node, cluster_ipc=True, **kw
+        ),
+    )
+    return int(job["id"])
+
+
+def finished(c: LocalSsiCluster, job: int, cwd: Path, timeout: float) -> str:
+    """The job's stdout once it ended well; fails with its stderr otherwise."""
+    info = c.call("node1", m.JobWait(job=job, timeout=timeout), timeout + 10)
+    out = (cwd / f"ssi-{job}.out").read_text()
+    err = (cwd / f"ssi-{job}.err").read_text()
+    assert info["state"] == "done", f"job {job}: {info['state']}: {out} {err}"
+    return out
+
+
+def output(cwd: Path, job: int) -> str:
+    path = cwd / f"ssi-{job}.out"
+    return path.read_text() if path.exists() else ""
+
+
+def exchange(
+    c: LocalSsiCluster, cwd: Path, count: int, python: bool, timeout: float
+) -> None:
+    """A producer on node1, consumers of types 1 and 2 on node2 and node3."""
+    key = f"{new_key():#x}"
+    if python:
+        run = [sys.executable]
+        prod, cons = [*run, "producer.py"], [*run, "consumer.py"]
+    else:
+        prod, cons = [str(cwd / "producer")], [str(cwd / "consumer")]
+    half = str(count // 2)
+    consumers = [
+        submit(c, "node2", [*cons, key, "1", "2", half], cwd),
+        submit(c, "node3", [*cons, key, "2", "2", half], cwd),
+    ]
+    producer = submit(c, "node1", [*prod, key, str(count), "2"], cwd)
+    started = time.monotonic()
+    assert f"sent {count}" in finished(c, producer, cwd, timeout)
+    for job in consumers:
+        assert f"ok {half}" in finished(c, job, cwd, timeout)
+    took = time.monotonic() - started
+    print(f"{count} messages node1 -> node2+node3 in {took:.1f} s")
+
+
+# ---- messages ----------------------------------------------------------------------
+
+
+def test_python_api_across_nodes(cluster: LocalSsiCluster) -> None:
+    t1, t2, t3 = (transport(cluster, n) for n in ("node1", "node2", "node3"))
+    key = new_key()
+    q2 = MessageQueue.create(t2, key=key, mode=0o640)
+    q1, q3 = MessageQueue.get(t1, key), MessageQueue.get(t3, key)
+    assert q1.id == q2.id == q3.id
+    for i in range(30):
+        q1.send(b"%d" % i, mtype=1 + i % 3)
+    assert q3.receive(mtype=-2).data == b"0"  # lowest type <= 2
+    assert q3.receive(mtype=3).data == b"2"
+    assert q3.receive(mtype=2, except_type=True).data == b"3"
+    assert q2.stat().qnum == 27
+    with pytest.raises(TimeoutError):
+        q3.receive(mtype=7, timeout=0.5)
+    with pytest.raises(OSError) as e:
+        q3.receive(mtype=7, block=False)
+    assert e.value.errno == errno.ENOMSG
+    with pytest.raises(FileExistsError):
+        MessageQueue.create(t3, key=key, exclusive=True)
+    with pytest.raises(FileNotFoundError):
+        MessageQueue.get(t3, new_key())
+    with pytest.raises(OSError) as e:
+        q1.send(b"x" * 9000)  # above msgmax
+    assert e.value.errno == errno.EINVAL
+    # a parked receiver on node3 woken by a send from node1
+    import threading
+
+    got: list[bytes] = []
+    waiter = threading.Thread(target=lambda: got.append(q3.receive(mtype=9).data))
+    waiter.start()
+    time.sleep(0.5)
+    q1.send(b"late", mtype=9)
+    waiter.join(10)
+    assert got == [b"late"]
+    # removal: stale ids get EINVAL everywhere
+    q2.remove()
+    with pytest.raises(OSError) as e:
+        q3.send(b"x")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_permissions_are_the_kernels(cluster: LocalSsiCluster) -> None:
+    """uid checks as ipc/util.c:ipcperms does them, with the caller's real uid from
+    the socket: nobody may not read a 0600 queue of root, nor remove it."""
+    key = new_key()
+    q = MessageQueue.create(transport(cluster, "node2"), key=key, mode=0o600)
+    q.send(b"secret")
+    t = transport(cluster, "node3")
+    checks: dict[str, Callable[[], object]] = {
+        "get": lambda: MessageQueue.get(t, key, 0o400),
+        "receive": lambda: MessageQueue(t, q.id).receive(block=False),
+        "remove": lambda: MessageQueue(t, q.id).remove(),
+    }
+    assert as_user(NOBODY, checks) == {
+        "get": errno.EACCES,
+        "receive": errno.EACCES,
+        "remove": errno.EPERM,
+    }
+    assert q.receive().data == b"secret"
+
+
+def test_typed_messages_python_jobs(cluster: LocalSsiCluster, workdir: Path) -> None:
+    exchange(cluster, workdir, 1000, python=True, timeout=240)
+
+
+def test_typed_messages_c_programs(cluster: LocalSsiCluster, workdir: Path) -> None:
+    """Unmodified C programs through the interposer (`--cluster-ipc`)."""
+    exchange(cluster, workdir, MESSAGES, python=False, timeout=240)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_typed_messages_100k(cluster: LocalSsiCluster, workdir: Path) -> None:
+    exchange(cluster, workdir, 100_000, python=False, timeout=1500)
+
+
+# ---- semaphores ----------------------------------------------------------------------
+
+
+def _counter(c: LocalSsiCluster, key: int) -> tuple[SemaphoreSet, SharedMemory]:
+    t = transport(c, "node1")
+    sem = SemaphoreSet.create(t, 1, key=key, mode=0o666)
+    sem.set_value(0, 1)
+    return sem, SharedMemory.create(t, 4096, key=key, mode=0o666)
+
+
+def test_semaphore_protected_counters(cluster: LocalSsiCluster, workdir: Path) -> None:
+    """Jobs on all nodes, C programs (counter in an attached segment) and Python
+    ones (explicit reads and writes), each increment under the semaphore."""
+    key = new_key()
+    sem, shm = _counter(cluster, key)
+    c_n, py_n = 150, 40
+    jobs = [
+        submit(cluster, node, [str(workdir / "semcount"), hex(key), str(c_n)], workdir)
+        for node in ("node1", "node2", "node3")
+    ] + [
+        submit(
+            cluster, node, [sys.executable, "semcount.py", hex(key), str(py_n)], workdir
+        )
+        for node in ("node1", "node2", "node3")
+    ]
+    for job in jobs:
+        assert "done" in finished(cluster, job, workdir, 240)
+    c_total = int.from_bytes(shm.read(0, 8), "little")
+    py_total = int.from_bytes(shm.read(8, 8), "little")
+    assert (c_total, py_total) == (3 * c_n, 3 * py_n)
+    assert sem.value(0) == 1  # every P was matched by its V
+
+
+# ---- survival ------------------------------------------------------------------------
+
+
+def test_blocked_consumer_checkpointed_and_moved(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    """A C consumer blocked in msgrcv on node2 is checkpointed (left running),
+    then stopped by a checkpoint and restarted on node3, messages flowing between:
+    it receives every one, in order."""
+    key = new_key()
+    q = MessageQueue.create(transport(cluster, "node1"), key=key, mode=0o666)
+    total = 30
+    job = submit(
+        cluster, "node2", [str(workdir / "consumer"), hex(key), "1", "1", str(total)],
+        workdir,
+    )  # fmt: skip
+    wait_for("the consumer to wait", lambda: "waiting" in output(workdir, job), 30)
+    sent = 0
+
+    def send(n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            q.send(b"%d\0" % sent, mtype=1)
+            sent += 1
+
+    send(5)
+    wait_for("the queue to drain", lambda: q.stat().qnum == 0, 30)
+    ckpt = cluster.call("node1", m.JobCheckpoint(job=job), 60)  # blocked, kept running
+    assert ckpt["info"]["replicated_to"]
+    send(5)
+    wait_for("the queue to drain", lambda: q.stat().qnum == 0, 30)
+    cluster.call("node1", m.JobCheckpoint(job=job, stop=True), 60)
+    send(5)  # while it is nowhere: the first wakes its parked msgrcv at the home
+    restarted = cluster.call("node1", m.JobRestart(job=job, node="node3"), 60)
+    assert restarted["node"] == "node3"
+    send(total - sent)
+    out = finished(cluster, job, workdir, 120)
+    assert f"ok {total}" in out
+    assert q.stat().qnum == 0
+
+
+def test_home_evicted_mid_traffic(cluster: LocalSsiCluster, workdir: Path) -> None:
+    """The queue lives on node2; a producer on node1 streams to a consumer on node3;
+    node2 is drained, then evicted, mid-traffic: nothing lost or reordered."""
+    key = new_key()
+    q = MessageQueue.create(transport(cluster, "node2"), key=key, mode=0o666)
+    home = lambda: _entry(cluster, "msg", q.id)["home"]  # noqa: E731
+    assert home() == "node2"
+    count = 4000
+    consumer = submit(
+        cluster, "node3", [str(workdir / "consumer"), hex(key), "1", "1", str(count)],
+        workdir,
+    )  # fmt: skip
+    producer = submit(
+        cluster, "node1", [str(workdir / "producer"), hex(key), str(count), "1"],
+        workdir,
+    )  # fmt: skip
+    wait_for("traffic", lambda: q.stat().rtime > 0, 60)
+    cluster.call("node1", m.NodeDrain(name="node2", reason="maintenance"))
+    wait_for("the queue to leave node2", lambda: home() != "node2", 30)
+    cluster.call("node1", m.NodeEvict(name="node2", force=True))
+    assert "sent" in finished(cluster, producer, workdir, 240)
+    assert f"ok {count}" in finished(cluster, consumer, workdir, 240)
+    entry = _entry(cluster, "msg", q.id)
+    assert "node2" not in (entry["home"], entry["replica"])
+
+
+def test_killed_home_recovers_from_replica(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    """node2 homes a queue (with messages and a parked receiver), a semaphore set
+    and a segment; its ssid is killed: the objects come back from their replicas
+    with their content, and the parked receiver gets its message."""
+    t2, t3 = transport(cluster, "node2"), transport(cluster, "node3")
+    key = new_key()
+    q = MessageQueue.create(t2, key=key, mode=0o666)
+    sem = SemaphoreSet.create(t2, 3, key=key, mode=0o666)
+    shm = SharedMemory.create(t2, 10000, key=key, mode=0o666)
+    for i in range(10):
+        q.send(b"m%d" % i, mtype=1)
+    sem.set_values([5, 6, 7])
+    shm.write(5000, b"hello segment")
+    waiter = submit(
+        cluster, "node3", [str(workdir / "consumer"), hex(key), "3", "1", "1"], workdir
+    )
+    wait_for("the receiver to park", lambda: _info(cluster, "msg", q.id)["waiters"], 30)
+    entries = {kind: _entry(cluster, kind, id) for kind, id in
+               (("msg", q.id), ("sem", sem.id), ("shm", shm.id))}  # fmt: skip
+    assert {e["home"] for e in entries.values()} == {"node2"}
+    cluster.stop("node2", signal.SIGKILL)
+    wait_for(
+        "node2 to be lost and its objects rehomed",
+        lambda: all(
+            _entry(cluster, kind, e["id"], via="node3")["home"] != "node2"
+            for kind, e in entries.items()
+        ),
+        HB_TIMEOUT * 10,
+    )
+    q3 = MessageQueue(t3, q.id)
+    assert q3.stat().qnum == 10
+    assert [q3.receive().data for _ in range(10)] == [b"m%d" % i for i in range(10)]
+    assert SemaphoreSet(t3, sem.id).values() == [5, 6, 7]
+    assert SharedMemory(t3, shm.id).read(5000, 13) == b"hello segment"
+    MessageQueue(transport(cluster, "node1"), q.id).send(b"2\0", mtype=3)
+    assert "ok 1" in finished(cluster, waiter, workdir, 60)
+    # and they are replicated again, off the dead node
+    for kind, e in entries.items():
+        assert _entry(cluster, kind, e["id"], via="node3")["replica"] not in (
+            None,
+            "node2",
+        )
+
+
+# ---- admin view ---------------------------------------------------------------------
+
+
+def _entry(c: LocalSsiCluster, kind: str, id: int, via: str = "node1") -> Any:
+    return c.call(via, m.IpcObject(kind=kind, id=id))
+
+
+def _info(c: LocalSsiCluster, kind: str, id: int) -> Any:
+    return _entry(c, kind, id)["info"]
+
+
+def ssi_cli(
+    c: LocalSsiCluster, node: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ssi.cli.main", "--socket", str(c.socket(node)), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_admin_list_show_rm(cluster: LocalSsiCluster) -> None:
+    key = new_key()
+    q = MessageQueue.create(transport(cluster, "node3"), key=key, mode=0o644)
+    q.send(b"hello", mtype=4)
+    listed = ssi_cli(cluster, "node1", "ipc", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    doc = json.loads(listed.stdout)
+    assert doc["version"] == 1
+    (row,) = [r for r in doc["ipc_objects"] if r["kind"] == "msg" and r["id"] == q.id]
+    assert row["home"] == "node3" and row["replica"] in ("node1", "node2")
+    assert row["key"] == key and row["info"]["count"] == 1
+    shown = ssi_cli(cluster, "node2", "ipc", "show", "msg", str(q.id), "--json")
+    assert json.loads(shown.stdout)["ipc_object"]["info"]["size"] == 5
+    table = ssi_cli(cluster, "node2", "ipc", "list")
+    assert f"0x{key:08x}" in table.stdout
+    moved = ssi_cli(cluster, "node1", "ipc", "move", "msg", str(q.id), "--to", "node1")
+    assert moved.returncode == 0, moved.stderr
+    assert _entry(cluster, "msg", q.id)["home"] == "node1"
+    assert MessageQueue(transport(cluster, "node2"), q.id).receive().data == b"hello"
+    removed = ssi_cli(cluster, "node2", "ipc", "rm", "msg", str(q.id))
+    assert removed.returncode == 0, removed.stderr
+    gone = ssi_cli(cluster, "node2", "ipc", "show", "msg", str(q.id))
+    assert gone.returncode == 3
