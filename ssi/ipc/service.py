@@ -285,9 +285,9 @@ class IpcService:
             with open(f"/proc/{pid}/cgroup") as f:
                 for line in f:
                     path = line.rstrip("\n").split(":", 2)[-1]
-                    head, _, job = path.rpartition("/")
-                    if job.isdigit() and head.endswith("/" + base):
-                        return job
+                    head, _, name = path.rpartition("/")
+                    if name.isdigit() and head.endswith("/" + base):
+                        return name
         except OSError:
             pass
         ns = _pidns(pid)
