@@ -88,10 +88,9 @@ def _ended(job: Mapping[str, Any]) -> bool:
 
 
 class Session:
-    def __init__(self, name: str, socket: str, environ: Mapping[str, str]) -> None:
+    def __init__(self, name: str, socket: str) -> None:
         self.name = name
         self.socket = socket
-        self.environ = dict(environ)
         self._lock = threading.Lock()
         self._jobs: dict[int, None] = {}  # not reaped yet, in submission order
         self._reaped: set[int] = set()
@@ -477,9 +476,7 @@ def init(contact: str | None, environ: Mapping[str, str]) -> Session:
             socket = socket_path(environ=environ)
         except ConfigError as e:
             raise DrmaaError(Errno.DRMS_INIT_FAILED, str(e)) from None
-        session = Session(
-            name or f"drmaa-{os.getuid()}-{secrets.token_hex(6)}", socket, environ
-        )
+        session = Session(name or f"drmaa-{os.getuid()}-{secrets.token_hex(6)}", socket)
         try:
             session.call(m.Ping(), 10.0)
             if name:

@@ -12,6 +12,7 @@ wherever they appear.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -325,13 +326,11 @@ class CheckedTemplate:
         )
 
 
-_counter = 0
+_counter = itertools.count(1)
 
 
 def _seq() -> int:
-    global _counter
-    _counter += 1
-    return _counter
+    return next(_counter)  # atomic under the GIL: threads submit at once
 
 
 def _start_later(when: float, argv: list[str]) -> list[str]:
