@@ -3,16 +3,21 @@ the Python inside it cannot start or a call goes wrong."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ssi.drmaa import _build
 from ssi.drmaa.template import SCALAR_ATTRIBUTES, VECTOR_ATTRIBUTES
+from ssi.proto import messages as m
+from ssi.rpc.local import LocalServer
 
 DRMS_INIT_FAILED = 10
 INTERNAL_ERROR = 1
@@ -185,3 +190,52 @@ def test_an_exception_inside_a_call_is_an_internal_error_with_its_message(
     assert result["rc"] == INTERNAL_ERROR
     assert result["diag"].startswith("internal error: OSError")
     assert result["rc_null"] == INTERNAL_ERROR  # and a NULL buffer is fine
+
+
+def test_first_calls_from_many_threads_at_once(drmaa_check: Path) -> None:
+    done = subprocess.run(
+        ["env", "-i", str(drmaa_check), "first-calls"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "ok first-calls" in done.stdout, done.stderr
+
+
+def test_a_vanished_ssid_is_a_communication_failure_not_a_sigpipe(
+    drmaa_check: Path, tmp_path: Path
+) -> None:
+    """A C host that leaves SIGPIPE at its default would die writing to an ssid
+    that went away between two calls; libdrmaa blocks and consumes that SIGPIPE."""
+    sock = tmp_path / "ssid.sock"
+
+    async def ping(env: m.Envelope, peer: object) -> dict[str, object]:
+        return {"node": "fake", "version": "0", "time": time.time()}
+
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    server = LocalServer(sock, {m.Ping.op: ping})
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    proc = subprocess.Popen(
+        ["env", "-i", f"SSI_SOCKET={sock}", str(drmaa_check), "sigpipe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "ready\n"
+        # ssid goes away: the session's kept connection is closed under it
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {err}"
+    assert "ok sigpipe" in out

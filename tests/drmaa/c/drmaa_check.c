@@ -631,6 +631,47 @@ static int forked(void)
     return 0;
 }
 
+/* The first calls of a process, from several threads at once: one of them starts
+   Python, the others wait for it, all succeed. */
+static void *first_call(void *arg)
+{
+    char buf[DRMAA_DRM_SYSTEM_BUFFER], err[DRMAA_ERROR_STRING_BUFFER];
+    int rc = drmaa_get_DRM_system(buf, sizeof buf, err, sizeof err);
+    if (rc != DRMAA_ERRNO_SUCCESS || strncmp(buf, "ssi", 3) != 0) {
+        fprintf(stderr, "first call in thread %ld: %d %s\n", (long)arg, rc, err);
+        exit(1);
+    }
+    return NULL;
+}
+
+static int first_calls(void)
+{
+    pthread_t t[16];
+    for (long i = 0; i < 16; i++)
+        pthread_create(&t[i], NULL, first_call, (void *)i);
+    for (int i = 0; i < 16; i++)
+        pthread_join(t[i], NULL);
+    printf("ok first-calls\n");
+    return 0;
+}
+
+/* SIGPIPE left at its default (death): ssid goes away between two calls; the next
+   call reports a communication failure and the program lives on. */
+static int sigpipe(void)
+{
+    char line[16];
+    int state;
+    signal(SIGPIPE, SIG_DFL);
+    init(NULL);
+    printf("ready\n");
+    if (!fgets(line, sizeof line, stdin))
+        return 1;
+    CHECK(drmaa_job_ps("1", &state, diag, sizeof diag),
+          DRMAA_ERRNO_DRM_COMMUNICATION_FAILURE);
+    printf("ok sigpipe\n");
+    return 0;
+}
+
 /* --- sessions --------------------------------------------------------------------- */
 
 static int reattach_submit(void)
@@ -764,6 +805,10 @@ int main(int argc, char **argv)
         return no_session();
     if (!strcmp(what, "init-failed"))
         return init_failed();
+    if (!strcmp(what, "first-calls"))
+        return first_calls();
+    if (!strcmp(what, "sigpipe"))
+        return sigpipe();
     if (!strcmp(what, "reattach-submit"))
         return reattach_submit();
     if (!strcmp(what, "reattach-wait"))
