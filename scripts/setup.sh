@@ -44,7 +44,8 @@ if [ -n "${PYCRIU_DIR:-}" ] && ! cmp -s "$PYCRIU_DIR/version.py" "$site/pycriu/v
 fi
 
 # Reinstall ssi only when what the install compiles or declares has changed.
-inputs=$(cat pyproject.toml setup.py kernel_shim/_build.py ssi/jobs/init.c 2>/dev/null | sha256sum | cut -c1-16)
+inputs=$(cat pyproject.toml setup.py kernel_shim/_build.py ssi/jobs/init.c ssi/drmaa/_build.py \
+  ssi/drmaa/drmaa.h ssi/ipc/interposer/*.c 2>/dev/null | sha256sum | cut -c1-16)
 stamp="$VENV/.ssi-installed-$inputs"
 if [ ! -f "$stamp" ]; then
   log "installing ssi and its dependencies into $VENV"
