@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ from ssi.jobs import manifest as mf
 from ssi.jobs.cgroups import proc_cgroup
 from ssi.jobs.errors import CheckpointFailed
 from ssi.jobs.local import LocalJob, wait_readable
-from ssi.jobs.manifest import Manifest
+from ssi.jobs.manifest import ImageFile, Manifest
 from ssi.jobs.model import JobState
 from ssi.proto.errors import BadRequest, Conflict, Internal
 
@@ -80,22 +81,15 @@ def checkpoint(
                     work_dir=str(rt.root / job_id),
                 ),
             )
-            names = [p.name for p in tmp.iterdir() if mf.is_covered(p.name)]
-            files = mf.digest_files(tmp, names, hasher.finish())
-            m = Manifest(
-                job_id=job_id,
-                spec=job.spec,
-                node=rt.node,
-                created=time.time(),
-                criu_version=version,
-                leave_running=leave_running,
-                suspended=was_suspended,
-                started=job.record.started,
-                cgroup=job.record.cgroup,
-                cgroup_version=rt.cgroups.version,
-                dump_seconds=dumped.seconds,
-                files=files,
-                total_bytes=sum(f.size for f in files.values()),
+            m = _manifest(
+                rt,
+                job,
+                tmp,
+                version,
+                leave_running,
+                was_suspended,
+                dumped.seconds,
+                hasher.finish(),
             )
             mf.write(tmp, m, fsync=rt.durable)
             tmp.chmod(0o755)
@@ -162,23 +156,7 @@ def checkpoint_lazy(
                 ),
             )
             ready = dump.wait_ready(ready_timeout)
-            names = [p.name for p in dest.iterdir() if mf.is_covered(p.name)]
-            files = mf.digest_files(dest, names)
-            m = Manifest(
-                job_id=job_id,
-                spec=job.spec,
-                node=rt.node,
-                created=time.time(),
-                criu_version=version,
-                leave_running=True,
-                suspended=was_suspended,
-                started=job.record.started,
-                cgroup=job.record.cgroup,
-                cgroup_version=rt.cgroups.version,
-                dump_seconds=ready,
-                files=files,
-                total_bytes=sum(f.size for f in files.values()),
-            )
+            m = _manifest(rt, job, dest, version, True, was_suspended, ready)
             mf.write(dest, m, fsync=False)
             dest.chmod(0o755)
         except BaseException as e:
@@ -200,6 +178,37 @@ def checkpoint_lazy(
         job_id, dest, port, m.total_bytes, ready,
     )  # fmt: skip
     return m, dump
+
+
+def _manifest(
+    rt: JobRuntime,
+    job: LocalJob,
+    images: Path,
+    criu_version: str,
+    leave_running: bool,
+    suspended: bool,
+    dump_seconds: float,
+    hashed: Mapping[str, ImageFile] | None = None,
+) -> Manifest:
+    """The manifest of a dump just written to `images` (hashes the images unless
+    `hashed` carries what was hashed while CRIU wrote them)."""
+    names = [p.name for p in images.iterdir() if mf.is_covered(p.name)]
+    files = mf.digest_files(images, names, hashed)
+    return Manifest(
+        job_id=job.job_id,
+        spec=job.spec,
+        node=rt.node,
+        created=time.time(),
+        criu_version=criu_version,
+        leave_running=leave_running,
+        suspended=suspended,
+        started=job.record.started,
+        cgroup=job.record.cgroup,
+        cgroup_version=rt.cgroups.version,
+        dump_seconds=dump_seconds,
+        files=files,
+        total_bytes=sum(f.size for f in files.values()),
+    )
 
 
 def settle(rt: JobRuntime, job: LocalJob, moved: bool) -> None:
