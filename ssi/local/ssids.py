@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ssi.client import local_socket
 from ssi.jobs.cgroups import mounts
 from ssi.local.cluster import RUN_DIR, LocalCluster, cleanup
 from ssi.proto import messages as m
@@ -75,9 +76,9 @@ class LocalSsiCluster:
     def base_of(prefix: str) -> Path:
         return RUN_DIR / prefix / "ssid"
 
-    @classmethod
-    def socket_of(cls, prefix: str, node: str) -> Path:
-        return cls.base_of(prefix) / node / "run" / "ssid.sock"
+    @staticmethod
+    def socket_of(prefix: str, node: str) -> Path:
+        return local_socket(prefix, node)  # clients find it by the same rule
 
     @property
     def base(self) -> Path:

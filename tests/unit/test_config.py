@@ -64,3 +64,10 @@ def test_criu_is_found_through_configuration(tmp_path: Path) -> None:
         config.resolve_criu(config.load(f))
     f.write_text("")  # the default finds the one `make setup` put in the venv
     assert config.resolve_criu(config.load(f)) == str(Path(sys.prefix) / "bin" / "criu")
+
+
+def test_clients_find_local_clusters_where_they_live() -> None:
+    from ssi import client
+    from ssi.local import RUN_DIR
+
+    assert client.LOCAL_RUN_DIR == RUN_DIR
