@@ -19,7 +19,14 @@ op is re-attached to its waiter, and answered at its new origin.
 Replication is group commit: ops mark their objects dirty and wait; one flusher
 sends every dirty object's snapshot (a delta of written pages for segments) to its
 replica node, in order, and releases the ops whose objects got there. An object
-without a replica (a one-node cluster) is acknowledged at once.
+without a replica (a one-node cluster) is acknowledged at once. A parked op is
+answered without waiting for its replication (its object is still marked dirty):
+if the home dies first, the origin's next probe parks it again at the new home;
+what a parked op takes (a message, a semaphore count) is taken by the op that wakes
+it, which is replicated before anyone hears of it.
+
+A remote origin may ask (`wait`) to have a parked op answered in the same round
+trip when it completes soon: its result then goes in the reply, not in an IpcWake.
 
 Moves and failures: release() hands an object over (snapshot, waiters, results)
 and forgets it; adopt() takes one; promote() turns a copy into the object when its
@@ -115,6 +122,7 @@ class HomeShard:
         self._commits: list[tuple[set[Key], asyncio.Future[None]]] = []
         self._kick = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._polls: dict[str, asyncio.Future[Result]] = {}
         self.stats = {"ops": 0, "flushes": 0, "items": 0}
 
     def _ids(self, kind: Kind) -> int:
@@ -147,6 +155,7 @@ class HomeShard:
         *,
         reserve: int | None = None,
         replica: str | None = None,
+        wait: float = 0.0,
     ) -> Answer:
         """Run `op` once per request (see the module doc)."""
         self.stats["ops"] += 1
@@ -163,24 +172,41 @@ class HomeShard:
         side = self.sides[where]
         known = side.result(request)
         if known is not None:
+            log.debug("op=ipc.apply request=%s from %s: again", request, origin)
             return Answer("done", known)
         if self.table.waiter(request) is not None:
             side.origins[request] = origin  # re-attached, maybe from another node
+            log.debug("op=ipc.apply request=%s from %s: re-attached", request, origin)
             return Answer("parked")
         try:
             outcome = self.table.apply(op, caller, waiter=request)
         except OSError as e:
             return Answer("done", result_error(e.errno or errno.EIO))
-        return await self._settle(where, request, origin, outcome)
+        return await self._settle(where, request, origin, outcome, wait)
 
     async def _settle(
-        self, key: Key, request: str, origin: str, outcome: Outcome
+        self, key: Key, request: str, origin: str, outcome: Outcome, wait: float
     ) -> Answer:
+        if log.isEnabledFor(logging.DEBUG):
+            if isinstance(outcome, Blocked):
+                state, woken = "parked", ""
+            else:
+                state, woken = "done", ",".join(w.waiter for w in outcome.woken)
+            log.debug("op=ipc.apply request=%s from %s: %s%s", request, origin,
+                      state, f", woke {woken}" if woken else "")  # fmt: skip
         if isinstance(outcome, Blocked):
             self.sides[key].origins[request] = origin
             self._parked_at[request] = key
-            await self._commit(outcome.changed)
-            return Answer("parked")
+            self._mark(outcome.changed)  # replicated later, not waited for
+            if wait <= 0 or origin == self.node:
+                return Answer("parked")
+            poll = self._polls[request] = asyncio.get_running_loop().create_future()
+            try:
+                return Answer("done", await asyncio.wait_for(poll, wait))
+            except TimeoutError:
+                return Answer("parked")
+            finally:
+                self._polls.pop(request, None)
         result = result_of(outcome.value)
         self._record(key, request, result)
         wakes = self._woken(outcome.woken, None)
@@ -243,6 +269,9 @@ class HomeShard:
         self._send_wakes([w for w in wakes if w[1] != request])
         result = side.result(request)
         assert result is not None
+        poll = self._polls.pop(request, None)
+        if poll is not None and not poll.done():
+            poll.set_result(result)
         return Answer("done", result)
 
     async def exit(self, caller: Caller) -> None:
@@ -287,11 +316,22 @@ class HomeShard:
     def _send_wakes(self, wakes: list[tuple[str, str, Result]]) -> None:
         by_origin: dict[str, list[tuple[str, Result]]] = {}
         for origin, request, result in wakes:
+            poll = self._polls.pop(request, None)
+            if poll is not None and not poll.done():
+                poll.set_result(result)  # its origin is still waiting for the reply
+                continue
             by_origin.setdefault(origin, []).append((request, result))
         for origin, results in by_origin.items():
             self._wake(origin, results)
 
     # ---- replication -------------------------------------------------------------
+
+    def _mark(self, refs: Iterable[Ref]) -> None:
+        """Replicate these objects at the next flush, without waiting for it."""
+        keys = {(r.kind, r.id) for r in refs if not r.removed}
+        if keys:
+            self._dirty |= keys
+            self._kick.set()
 
     async def _commit(self, refs: Iterable[Ref]) -> None:
         """Return once every object in `refs` is at its replica (removed ones: gone

@@ -70,7 +70,13 @@ class _Conn:
             self.writer.write(data)
 
     def close(self) -> None:
+        """Shut the connection now (not at the loop's next turn: a checkpoint
+        may freeze the peer right after)."""
         self.open = False
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.writer.close()
 
 

@@ -81,11 +81,13 @@ _INFO_CMDS = (IPC_INFO, SEM_INFO, SHM_INFO)
 class RouterTunables:
     """Seconds: `probe` between re-sends of a parked request; `call_timeout` one
     round trip to a home; `unreachable` how long a home (or the coordinator) may be
-    out of reach before the op fails with EIO."""
+    out of reach before the op fails with EIO; `hold` how long a home keeps the
+    first round trip of an op that parks, to answer it in its reply."""
 
     probe: float = 2.0
     call_timeout: float = 5.0
     unreachable: float = 60.0
+    hold: float = 1.0
 
 
 class _NoObject(Exception):
@@ -132,9 +134,12 @@ class Router:
 
     # ---- entry points --------------------------------------------------------------
 
-    async def start(self, caller: Caller, op: Op, request: str) -> Result | Pending:
-        """Send `op` to its home: its Result, or the Pending it parked as. A request
-        already pending here (a re-sent call) gives that Pending."""
+    async def start(
+        self, caller: Caller, op: Op, request: str, hold: float = 0.0
+    ) -> Result | Pending:
+        """Send `op` to its home: its Result, or the Pending it parked as (after
+        up to `hold` s at the home). A request already pending here (a re-sent call)
+        gives that Pending."""
         held = self.pending.get(request)
         if held is not None:
             return held
@@ -151,7 +156,7 @@ class Router:
         p = Pending(request, where, encode_op(op), encode_caller(caller))
         self.pending[request] = p
         try:
-            answer = await self._send(p)
+            answer = await self._send(p, hold)
         except _NoObject:
             self.pending.pop(request, None)
             return self._scratch(op, caller)
@@ -194,23 +199,27 @@ class Router:
     async def cancel(self, p: Pending, reason: CancelReason) -> Result:
         """Cancel at the home; the op's result if it completed first."""
         try:
-            if p.future.done():
-                return p.future.result()
-            kind, id = p.key
-            body = m.IpcCancelAt(
-                kind=kind.value, id=id, request=p.request, reason=reason.value
-            )
-            try:
-                answer = await self._until_answer(p.key, body, p)
-            except _NoObject:
-                answer = Answer("done", result_error(errno.EIDRM))
-            except OSError as e:
-                answer = Answer("done", result_error(e.errno or errno.EIO))
-            assert answer.result is not None
-            p.resolve(answer.result)
+            await self._cancel_at(p, reason)
             return p.future.result()
         finally:
             self.finish(p)
+
+    async def _cancel_at(self, p: Pending, reason: CancelReason) -> None:
+        """Resolve `p` with what its home says to a cancel."""
+        if p.future.done():
+            return
+        kind, id = p.key
+        body = m.IpcCancelAt(
+            kind=kind.value, id=id, request=p.request, reason=reason.value
+        )
+        try:
+            answer = await self._until_answer(p.key, body, None)
+        except _NoObject:
+            answer = Answer("done", result_error(errno.EIDRM))
+        except OSError as e:
+            answer = Answer("done", result_error(e.errno or errno.EIO))
+        assert answer.result is not None
+        p.resolve(answer.result)
 
     async def call(
         self,
@@ -224,13 +233,11 @@ class Router:
         """The op's value, or its OSError (TimeoutError after `timeout`)."""
         what = f"{type(op).__name__} {request}"
         if interrupt is not None and interrupt.is_set():
-            raise ipc_error(errno.EINTR, what)
+            # interrupted before it started here: it may have run at its home (a
+            # re-sent request), which answers its result, else EINTR
+            return unwrap(await self._interrupted(op, request), what)
         if timeout is not None and timeout < 0:
             raise ipc_error(errno.EINVAL, f"timeout {timeout}")
-        started = await self.start(caller, op, request)
-        if isinstance(started, Result):
-            return unwrap(started, what)
-        p = started
         stop = None
         unsubscribe = None
         if interrupt is not None:
@@ -242,6 +249,18 @@ class Router:
                 loop.call_soon_threadsafe(event.set)
 
             unsubscribe = interrupt.subscribe(interrupted)
+        try:
+            hold = self.t.hold if timeout is None else min(self.t.hold, timeout)
+            started = await self._first_trip(caller, op, request, hold, stop)
+        except BaseException:
+            if unsubscribe is not None:
+                unsubscribe()
+            raise
+        if isinstance(started, Result):
+            if unsubscribe is not None:
+                unsubscribe()
+            return unwrap(started, what)
+        p = started
         try:
             result = await self.wait(p, timeout, stop)
             if result is None:
@@ -259,6 +278,47 @@ class Router:
                 unsubscribe()
         self.finish(p)
         return unwrap(result, what)
+
+    async def _first_trip(
+        self,
+        caller: Caller,
+        op: Op,
+        request: str,
+        hold: float,
+        stop: asyncio.Event | None,
+    ) -> Result | Pending:
+        """start(), cancelled at the home if `stop` is set while the home holds it."""
+        trip = asyncio.ensure_future(self.start(caller, op, request, hold))
+        if stop is None:
+            return await trip
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({trip, stopper}, return_when="FIRST_COMPLETED")
+        except BaseException:
+            trip.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if not trip.done():
+            p = self.pending.get(request)
+            if p is not None:  # the home answers the trip with the cancel's result
+                await self._cancel_at(p, CancelReason.INTERRUPT)
+        return await trip
+
+    async def _interrupted(self, op: Op, request: str) -> Result:
+        where = target(op)
+        if where is None or _is_info(op):
+            return result_error(errno.EINTR)
+        kind, id = where
+        body = m.IpcCancelAt(
+            kind=kind.value, id=id, request=request, reason="interrupt"
+        )
+        try:
+            answer = await self._until_answer(where, body, None)
+        except _NoObject:
+            return result_error(errno.EINTR)
+        assert answer.result is not None
+        return answer.result
 
     def on_wake(self, results: list[tuple[str, Result]]) -> None:
         for request, result in results:
@@ -358,12 +418,17 @@ class Router:
         return home
 
     async def _apply_at(self, home: str, body: m.Request[Any]) -> Answer:
-        raw = await self.call_node(home, body, self.t.call_timeout)
+        wait = body.wait if isinstance(body, m.IpcApply) else 0.0
+        raw = await self.call_node(home, body, self.t.call_timeout + wait)
         return raw if isinstance(raw, Answer) else decode_answer(raw)
 
-    async def _send(self, p: Pending) -> Answer:
+    async def _send(self, p: Pending, hold: float = 0.0) -> Answer:
         body = m.IpcApply(
-            operation=p.op, caller=p.caller, request=p.request, origin=self.node
+            operation=p.op,
+            caller=p.caller,
+            request=p.request,
+            origin=self.node,
+            wait=hold,
         )
         return await self._until_answer(p.key, body, p)
 

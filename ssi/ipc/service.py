@@ -33,6 +33,7 @@ import dataclasses
 import errno
 import logging
 import os
+import subprocess
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,6 +142,7 @@ class IpcService:
             self.limits,
         )
         self.preload: PreloadServer | None = None
+        self._library: Path | None = None
         self.socket = SOCKET_NAME
         self._directory: Directory | None = None
         self._records: dict[str, NodeRecord] = {}
@@ -218,9 +220,34 @@ class IpcService:
         return env
 
     def library(self) -> Path | None:
-        return interposer.library_path()
+        return self._library
+
+    def _find_library(self) -> Path | None:
+        """The installed interposer, or one built into the run directory when it is
+        missing or older than its source (an in-place tree after an edit)."""
+        lib = interposer.library_path()
+        try:
+            fresh = lib is not None and (
+                lib.stat().st_mtime >= interposer.SOURCE.stat().st_mtime
+            )
+        except OSError:
+            fresh = lib is not None
+        if fresh:
+            return lib
+        out = Path(self.agent.cfg.node.run_dir) / "ipc"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            out.chmod(0o755)
+            built = interposer.build_interposer(out)
+        except (OSError, subprocess.CalledProcessError) as e:
+            log.error("cannot build the ipc interposer into %s: %s", out, e)
+            return lib
+        built.chmod(0o755)
+        log.info("ipc interposer built: %s", built)
+        return built
 
     async def start(self) -> None:
+        self._library = await asyncio.to_thread(self._find_library)
         await self.shard.start()
         self.agent.events.subscribe("ipc", self._on_event)
         self.preload = PreloadServer(
@@ -308,8 +335,11 @@ class IpcService:
         job = self._job_of(pid)
         nspid = (_status_field(pid, "NSpid") or [pid])[-1]
         if job is not None:
-            return f"job{job}:{nspid}.{token:016x}", nspid
-        return f"{self.node}:{pid}.{token:016x}", pid
+            cid, cpid = f"job{job}:{nspid}.{token:016x}", nspid
+        else:
+            cid, cpid = f"{self.node}:{pid}.{token:016x}", pid
+        log.debug("op=ipc.connect pid=%d is client %s", pid, cid)
+        return cid, cpid
 
     # ---- plumbing ------------------------------------------------------------------
 
@@ -468,7 +498,8 @@ class IpcService:
         except ValueError as e:
             return _done(result_error(errno.EINVAL), str(e))
         try:
-            started = await self.router.start(caller, op, request)
+            hold = min(body.wait, self.router.t.hold)
+            started = await self.router.start(caller, op, request, hold)
         except OSError as e:
             return _done(result_error(e.errno or errno.EIO))
         if isinstance(started, Result):
@@ -537,6 +568,7 @@ class IpcService:
             body.origin,
             reserve=body.reserve,
             replica=body.replica,
+            wait=min(body.wait, 5.0),
         )
         return encode(answer)
 

@@ -510,7 +510,8 @@ class IpcObject(Request[Any], tag="ipc.object"):
 
 class IpcApply(Request[Any], tag="ipc.apply"):
     """Origin node -> home: run an op (idempotent per `request`). For a get that
-    may create, `reserve` is the id a new object takes and `replica` its replica."""
+    may create, `reserve` is the id a new object takes and `replica` its replica.
+    An op that parks is answered when it completes within `wait` seconds."""
 
     operation: bytes
     caller: bytes
@@ -518,6 +519,7 @@ class IpcApply(Request[Any], tag="ipc.apply"):
     origin: str
     reserve: int | None = None
     replica: str | None = None
+    wait: float = 0.0
 
 
 class IpcCancelAt(Request[Any], tag="ipc.cancel_at"):

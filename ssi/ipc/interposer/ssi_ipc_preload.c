@@ -25,7 +25,9 @@
  *    handler runs, even with SA_RESTART, and returns EINTR, as Linux (the request is
  *    cancelled at the home; if it completed first, its result is returned).
  *  - A lost connection is re-established and the request resent with the same
- *    sequence number (the server answers it once). If the service stays unreachable
+ *    sequence number (the server answers it once). Before a checkpoint the server
+ *    shuts the process's connections (CRIU refuses a socket connected outside the
+ *    job); the process, restored anywhere, reconnects and re-sends. If the service stays unreachable
  *    (SSI_IPC_RETRY_MS, default 5000) the call fails with EIO.
  *  - The functions are not async-signal-safe (neither is Linux's msgsnd per POSIX).
  *  - Invalid user pointers crash the program instead of returning EFAULT.
@@ -513,6 +515,13 @@ static struct rd reply_payload(const struct reply *r)
 
 static void reinherit(void);
 
+/* The server has shut this connection (it does so before a checkpoint). */
+static int conn_dead(int fd)
+{
+	struct pollfd q = {fd, POLLRDHUP, 0};
+	return poll(&q, 1, 0) == 1 && (q.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 /* One attempt on one connection: send the request, wait for its reply (sending
  * CANCEL once if a signal interrupts a cancellable wait). 0, or -1: connection lost. */
 static int exchange(int fd, const struct buf *req, uint64_t seq, int cancellable,
@@ -535,8 +544,11 @@ static int exchange(int fd, const struct buf *req, uint64_t seq, int cancellable
 		struct pollfd pfd = {fd, POLLIN, 0};
 		if (poll(&pfd, 1, -1) < 0) {
 			/* poll is never restarted after a handler, even with SA_RESTART:
-			 * as msgrcv and semop, which fail with EINTR */
-			if (errno == EINTR && cancellable)
+			 * as msgrcv and semop, which fail with EINTR. A checkpoint (CRIU
+			 * dump or restore) interrupts it too, with no signal: the server
+			 * shut this connection before it, so a dead connection means
+			 * "re-send on a new one", not "cancel". */
+			if (errno == EINTR && cancellable && !conn_dead(fd))
 				*cancel_wanted = 1;
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
