@@ -285,8 +285,10 @@ class Directory:
             log.warning("op=ipc.replica %s %d: %s: %s", entry.kind.value, entry.id,
                         entry.home, e)  # fmt: skip
             return
-        entry.replica = new_replica
+        old, entry.replica = entry.replica, new_replica
         self._save()
+        if old and old != new_replica and old in self._online():
+            await self._drop(old, entry, home=False)
 
     async def _drop(self, node: str, entry: Entry, *, home: bool) -> None:
         try:

@@ -367,6 +367,12 @@ class IpcService:
         coordinator = self.agent.coordinator
         if coordinator is not None:
             rec = coordinator.store.node(name)
+            if rec is not None:
+                self._records[name] = rec
+                return rec
+            # an evicted node is out of the store before its objects are moved
+            # off it: it still answers the coordinator, which knew it
+            rec = self._records.get(name)
             if rec is None:
                 raise NotFound(f"no node {name!r}")
             return rec

@@ -494,6 +494,33 @@ def test_home_evicted_mid_traffic(cluster: LocalSsiCluster, workdir: Path) -> No
     assert "node2" not in (entry["home"], entry["replica"])
 
 
+def test_forced_eviction_moves_objects(cluster: LocalSsiCluster, workdir: Path) -> None:
+    """node3 is evicted at once (no drain) while it homes a queue with messages
+    and a receiver parked on it from node2: the coordinator takes the queue from
+    node3 before forgetting it; nothing is lost and the receiver is served."""
+    key = new_key()
+    q = MessageQueue.create(transport(cluster, "node3"), key=key, mode=0o666)
+    for i in range(20):
+        q.send(b"%d\0" % i, mtype=1)
+    waiter = submit(
+        cluster, "node2", [str(workdir / "consumer"), hex(key), "2", "2", "1"], workdir
+    )
+    wait_for("the receiver to park", lambda: _info(cluster, "msg", q.id)["waiters"], 30)
+    cluster.call("node1", m.NodeEvict(name="node3", force=True))
+    wait_for(
+        "the queue to leave node3",
+        lambda: _entry(cluster, "msg", q.id)["home"] != "node3",
+        30,
+    )
+    entry = _entry(cluster, "msg", q.id)
+    assert "node3" not in (entry["home"], entry["replica"])
+    q1 = MessageQueue(transport(cluster, "node1"), q.id)
+    assert q1.stat().qnum == 20
+    q1.send(b"1\0", mtype=2)
+    assert "ok 1 eintr 0" in finished(cluster, waiter, workdir, 60)
+    assert [q1.receive().data for _ in range(20)] == [b"%d\0" % i for i in range(20)]
+
+
 def test_killed_home_recovers_from_replica(
     cluster: LocalSsiCluster, workdir: Path
 ) -> None:
