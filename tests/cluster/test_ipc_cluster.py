@@ -8,6 +8,7 @@ The default run exchanges MESSAGES typed messages; `-m slow` runs the 100,000.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -613,3 +614,220 @@ def test_admin_list_show_rm(cluster: LocalSsiCluster) -> None:
     assert removed.returncode == 0, removed.stderr
     gone = ssi_cli(cluster, "node2", "ipc", "show", "msg", str(q.id))
     assert gone.returncode == 3
+
+
+# ---- the same machinery in one process (no root, no network) ---------------------
+
+
+class Net:
+    """Three nodes' HomeShards and Routers and a coordinator's Directory in one
+    event loop; a call to a node goes through the wire encodings, and fails while
+    that node is `down`."""
+
+    def __init__(self, tmp: Path, names: tuple[str, ...] = ("n1", "n2", "n3")):
+        from ssi.cluster.store import NodeRecord, SqliteStore
+        from ssi.ipc.directory import Directory
+        from ssi.ipc.home import HomeShard
+        from ssi.ipc.model import Limits
+        from ssi.ipc.router import Router, RouterTunables
+
+        self.down: set[str] = set()
+        self.store = SqliteStore(tmp / "store.db")
+        for n in names:
+            self.store.put_node(NodeRecord(n, f"key-{n}", "127.0.0.1", 1))
+        self.directory = Directory(self.store, self.call)
+        self.shards: dict[str, HomeShard] = {}
+        self.routers: dict[str, Router] = {}
+        fast = RouterTunables(probe=0.2, call_timeout=1.0, unreachable=5.0, hold=0.2)
+        for n in names:
+            self.shards[n] = HomeShard(
+                n, Limits(), self.call, self._gone(n), self._wake(n)
+            )
+            self.routers[n] = Router(
+                n, self.shards[n], self.call, self.coordinator,
+                self.nodes, Limits(), fast,
+            )  # fmt: skip
+
+    async def start(self) -> None:
+        for s in self.shards.values():
+            await s.start()
+
+    async def close(self) -> None:
+        for s in self.shards.values():
+            await s.close()
+        self.store.close()
+
+    async def nodes(self) -> list[str]:
+        return [n for n in self.shards if n not in self.down]
+
+    def _gone(self, node: str) -> Any:
+        async def gone(kind: Any, id: int) -> None:
+            await self.directory.gone(kind, id, node)
+
+        return gone
+
+    def _wake(self, node: str) -> Any:
+        def wake(origin: str, results: list[Any]) -> None:
+            from ssi.ipc.remote import decode_results, encode
+
+            async def push() -> None:
+                if origin not in self.down:
+                    self.routers[origin].on_wake(decode_results(encode(results)))
+
+            asyncio.get_running_loop().create_task(push())
+
+        return wake
+
+    async def coordinator(self, body: m.Request[Any], timeout: float) -> Any:
+        from ssi.ipc.constants import Kind
+
+        if isinstance(body, m.IpcGet):
+            return await self.directory.get(body)
+        if isinstance(body, m.IpcWhere):
+            e = self.directory.where(Kind(body.kind), body.id)
+            return None if e is None else {"home": e.home}
+        raise AssertionError(body)
+
+    async def call(self, node: str, body: m.Request[Any], timeout: float) -> Any:
+        from ssi.ipc import remote
+        from ssi.ipc.constants import CancelReason, Kind
+        from ssi.proto.errors import NoReply
+
+        if node in self.down:
+            await asyncio.sleep(0.01)
+            raise NoReply(f"{node} is down")
+        shard = self.shards[node]
+        if isinstance(body, m.IpcApply):
+            answer = await shard.apply(
+                remote.decode_op(body.operation),
+                remote.decode_caller(body.caller),
+                body.request,
+                body.origin,
+                reserve=body.reserve,
+                replica=body.replica,
+                wait=body.wait,
+            )
+            return remote.encode(answer)
+        if isinstance(body, m.IpcCancelAt):
+            reason = CancelReason(body.reason)
+            answer = await shard.cancel(Kind(body.kind), body.id, body.request, reason)
+            return remote.encode(answer)
+        if isinstance(body, m.IpcReplicate):
+            shard.on_replicate(remote.decode_items(body.items))
+            return {}
+        if isinstance(body, m.IpcRelease):
+            return remote.encode(shard.release(Kind(body.kind), body.id))
+        if isinstance(body, m.IpcAdopt):
+            await shard.adopt(remote.decode_bundle(body.bundle), body.replica)
+            return {}
+        if isinstance(body, m.IpcPromote):
+            await shard.promote(Kind(body.kind), body.id, body.replica)
+            return {}
+        if isinstance(body, m.IpcSetReplica):
+            await shard.set_replica(Kind(body.kind), body.id, body.replica)
+            return {}
+        if isinstance(body, m.IpcDrop):
+            shard.drop(Kind(body.kind), body.id, home=body.home, replica=body.replica)
+            return {}
+        if isinstance(body, m.IpcExitAt):
+            await shard.exit(remote.decode_caller(body.caller))
+            return {}
+        raise AssertionError(body)
+
+
+def _run(tmp: Path, scenario: Callable[[Net], Any]) -> None:
+    async def main() -> None:
+        net = Net(tmp)
+        await net.start()
+        try:
+            await asyncio.wait_for(scenario(net), 30)
+        finally:
+            await net.close()
+
+    asyncio.run(main())
+
+
+def _caller(client: str) -> Any:
+    from ssi.ipc.model import Caller
+
+    return Caller(uid=0, gid=0, pid=1, client=client)
+
+
+def test_in_process_exactly_once_and_replicated(tmp_path: Path) -> None:
+    from ssi.ipc.constants import IPC_CREAT, Kind
+    from ssi.ipc.ops import MsgGet, MsgRcv, MsgSnd
+
+    async def scenario(net: Net) -> None:
+        r2, r3 = net.routers["n2"], net.routers["n3"]
+        c = _caller("p1")
+        qid = await r2.call(c, MsgGet(key=7, flags=IPC_CREAT | 0o600), "p1#1")
+        entry = net.directory.where(Kind.MSG, qid)
+        assert entry is not None and entry.home == "n2" and entry.replica
+        for i in range(5):
+            await r3.call(c, MsgSnd(id=qid, mtype=1, data=b"%d" % i), f"p1#s{i}")
+        first = await r3.call(c, MsgRcv(id=qid, size=100), "p1#r")
+        again = await r3.call(c, MsgRcv(id=qid, size=100), "p1#r")  # a re-send
+        assert first == again and first.data == b"0"
+        assert net.shards["n2"].table.message_queue(qid).qnum == 4
+        copy = net.shards[entry.replica].copies.message_queue(qid)
+        assert copy.qnum == 4  # acknowledged ops are at the replica
+
+    _run(tmp_path, scenario)
+
+
+def test_in_process_parked_waiter_moves_and_survives_home_loss(
+    tmp_path: Path,
+) -> None:
+    """A receiver parked at n1 follows its queue to another home (release and
+    adopt), then to the replica when that home is lost; a send then wakes it at
+    its origin n3, and the message it took is gone from the queue everywhere."""
+    from ssi.cluster.events import NodeEvent, NodeEventKind
+    from ssi.cluster.store import NodeState
+    from ssi.ipc.constants import IPC_CREAT, Kind
+    from ssi.ipc.ops import MsgGet, MsgRcv, MsgSnd
+
+    async def scenario(net: Net) -> None:
+        c = _caller("p")
+        qid = await net.routers["n1"].call(c, MsgGet(key=9, flags=IPC_CREAT), "p#g")
+        receive = asyncio.ensure_future(
+            net.routers["n3"].call(c, MsgRcv(id=qid, size=10, mtype=5), "p#r")
+        )
+        await asyncio.sleep(0.3)
+        assert [w.id for w in net.shards["n1"].table.waiters()] == ["p#r"]
+        moved = await net.directory.move(Kind.MSG, qid)
+        assert moved.home != "n1" and not receive.done()
+        home = moved.home
+        await net.routers["n1"].call(c, MsgSnd(id=qid, mtype=1, data=b"a"), "p#s1")
+        net.down.add(home)  # the new home dies; its replica has everything acked
+        rec = net.store.node(home)
+        assert rec is not None
+        net.store.put_node(rec.with_state(NodeState.LOST))
+        await net.directory.on_event(NodeEvent(NodeEventKind.LOST, home))
+        entry = net.directory.where(Kind.MSG, qid)
+        assert entry is not None and entry.home not in (home, None)
+        survivor = entry.home
+        await net.routers["n1"].call(c, MsgSnd(id=qid, mtype=5, data=b"b"), "p#s2")
+        got = await asyncio.wait_for(receive, 10)
+        assert got.data == b"b"
+        q = net.shards[survivor].table.message_queue(qid)
+        assert q.qnum == 1  # "a" is still there, "b" went to the receiver
+
+    _run(tmp_path, scenario)
+
+
+def test_in_process_timeout_cancels_at_home(tmp_path: Path) -> None:
+    from ssi.ipc.constants import IPC_CREAT
+    from ssi.ipc.ops import SemBuf, SemGet, SemOp
+
+    async def scenario(net: Net) -> None:
+        c = _caller("p")
+        r1, r2 = net.routers["n1"], net.routers["n2"]
+        sid = await r1.call(c, SemGet(key=3, nsems=1, flags=IPC_CREAT), "p#g")
+        down = SemOp(id=sid, sops=(SemBuf(0, -1),))
+        with pytest.raises(TimeoutError):
+            await r2.call(c, down, "p#1", timeout=0.3)
+        assert net.shards["n1"].table.waiters() == []  # nobody left parked
+        await r2.call(c, SemOp(id=sid, sops=(SemBuf(0, 1),)), "p#2")
+        assert net.shards["n1"].table.semaphore_set(sid).values == [1]
+
+    _run(tmp_path, scenario)
