@@ -428,11 +428,12 @@ def test_blocked_consumer_checkpointed_and_moved(
 ) -> None:
     """A C consumer blocked in msgrcv on node2 is checkpointed (left running),
     then stopped by a checkpoint and restarted on node3, then moved again to node1
-    while it waits: it receives every message, in order, and its msgrcv never
-    fails with EINTR (CRIU interrupts the interposer's poll: no signal)."""
+    while it waits, then migrated live to node2: it receives every message, in
+    order, and its msgrcv never fails with EINTR (CRIU interrupts the interposer's
+    poll: no signal)."""
     key = new_key()
     q = MessageQueue.create(transport(cluster, "node1"), key=key, mode=0o666)
-    total = 30
+    total = 40
     job = submit(
         cluster, "node2", [str(workdir / "consumer"), hex(key), "1", "1", str(total)],
         workdir,
@@ -462,6 +463,11 @@ def test_blocked_consumer_checkpointed_and_moved(
     cluster.call("node1", m.JobCheckpoint(job=job, stop=True), 60)
     restarted = cluster.call("node1", m.JobRestart(job=job, node="node1"), 60)
     assert restarted["node"] == "node1"
+    send(5)
+    wait_for("the queue to drain", lambda: q.stat().qnum == 0, 30)
+    wait_for("it to wait again", lambda: _info(cluster, "msg", q.id)["waiters"], 30)
+    moved = cluster.call("node1", m.JobMigrate(job=job, node="node2", live=True), 120)
+    assert moved["to"] == "node2", moved
     time.sleep(0.5)  # parked again at the home, from its new node
     send(total - sent)
     out = finished(cluster, job, workdir, 120)
