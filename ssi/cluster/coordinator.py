@@ -7,6 +7,7 @@ caller's uid) and requests agents make for themselves (join, hello, heartbeat).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -106,6 +107,9 @@ class Coordinator:
 
     def _refresh_keys(self) -> None:
         self._keys = {r.public_key for r in self.store.nodes()}
+        self._members_tag = hashlib.sha256(
+            "".join(sorted(self._keys)).encode()
+        ).hexdigest()
 
     NODE_HANDLERS: ClassVar[dict[str, str]] = {
         m.NodeJoin.op: "on_join",
@@ -231,7 +235,8 @@ class Coordinator:
         ):
             self._put(rec.with_state(NodeState.ONLINE))
             await self.events.emit(NodeEvent(NodeEventKind.RETURNED, rec.name, env.id))
-        return {"revision": self.store.revision()}
+        # Agents refetch the member list (their peers' keys) when this tag changes.
+        return {"members": self._members_tag}
 
     async def _watch_heartbeats(self) -> None:
         period = min(1.0, self.cfg.cluster.heartbeat_timeout / 4)

@@ -87,7 +87,7 @@ class Agent:
         self.connected = False  # the coordinator has welcomed us since start
         self.member_keys: set[str] = set()
         self.sampler = NodeSampler.default()
-        self._revision: int | None = None
+        self._members_tag: str | None = None  # the coordinator's, last seen
         # Services other nodes and jobs use through this node (see ssi/node/service.py).
         self.services: list[Service] = []
         self.executor = Executor(
@@ -225,8 +225,8 @@ class Agent:
                         report=report,
                     )
                     reply = await self._call(hb, timeout=max(2.0, interval * 2))
-                    if reply.get("revision") != self._revision:
-                        await self._refresh_members(reply.get("revision"))
+                    if reply.get("members") != self._members_tag:
+                        await self._refresh_members(reply.get("members"))
             except NotFound as e:
                 log.warning("the cluster no longer knows this node (%s): leaving it", e)
                 self._leave()
@@ -236,11 +236,11 @@ class Agent:
                 self.connected = False
             await asyncio.sleep(interval)
 
-    async def _refresh_members(self, revision: int | None) -> None:
+    async def _refresh_members(self, tag: str | None) -> None:
         """Learn the keys of the other members (they fetch and push checkpoints)."""
         nodes = await self._call(m.NodeList())
         self.member_keys = {n["public_key"] for n in nodes}
-        self._revision = revision
+        self._members_tag = tag
 
     def member_key_allowed(self, key: bytes | str) -> bool:
         """Members of the cluster: they fetch and push checkpoints here, and reach

@@ -118,12 +118,12 @@ class Executor:
         )
         for job_id in answer.get("kill", []):
             log.warning("job %s runs elsewhere now: killing this copy", job_id)
-            await asyncio.to_thread(self._kill_and_forget, str(job_id))
+            await self._kill_and_forget(str(job_id))
 
-    def _kill_and_forget(self, job_id: str) -> None:
+    async def _kill_and_forget(self, job_id: str) -> None:
         self._ended.pop(job_id, None)
-        self._unwatch(self.runtime.job(job_id))
-        self.runtime.forget(job_id, kill=True)
+        self._unwatch(self.runtime.job(job_id))  # on the loop: it owns the readers
+        await asyncio.to_thread(self.runtime.forget, job_id, kill=True)
 
     # --- exits ---------------------------------------------------------------------
 
@@ -440,7 +440,7 @@ class Executor:
         assert isinstance(body, m.AgentForget)
         job_id = str(body.job)
         if body.kill:
-            await asyncio.to_thread(self._kill_and_forget, job_id)
+            await self._kill_and_forget(job_id)
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")

@@ -292,7 +292,7 @@ def test_client_gone_mid_fetch_ends_the_session(tmp_path: Path) -> None:
             task.cancel()  # the client goes away (its socket closes)
             with pytest.raises(asyncio.CancelledError):
                 await task
-            deadline = loop.time() + 5
+            deadline = loop.time() + 15  # generous: 2 busy cores
             while server.sessions:
                 assert loop.time() < deadline, "the server kept serving nobody"
                 await asyncio.sleep(0.01)
