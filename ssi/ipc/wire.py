@@ -23,6 +23,9 @@ cuid, cgid, mode, seq):
    1  HELLO    u64 token, u32 pid, u32 zero             u32 version, u32 zero,
                                                         u64 max frame
    2  CANCEL   u64 seq of the request to interrupt      (none, no reply)
+   3  CALL     msgpack {"name": ssi.ipc op name,        msgpack ssi.ipc.remote.Result
+               "args": {...}, "timeout": s | nil}       (typed value); errno as any
+               (Python programs: ssi.ipc.client)
   10  MSGGET   i32 key, i32 flags                       ret = id
   11  MSGSND   i32 id, i32 flags, i64 mtype, u64 size,  -
                size bytes
@@ -69,9 +72,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from ssi.ipc.constants import GETALL, IPC_SET, SETALL
 from ssi.ipc.model import ipc_error
 from ssi.ipc.ops import (
+    OPS,
     MsgInfo,
     MsqidDs,
     PermInfo,
@@ -83,6 +89,7 @@ from ssi.ipc.ops import (
     ShmPages,
     ShmWritten,
 )
+from ssi.ipc.remote import result_of
 
 __all__ = [
     "VERSION",
@@ -92,6 +99,7 @@ __all__ = [
     "WireError",
     "decode_request",
     "encode_request",
+    "encode_call",
     "encode_reply",
     "decode_reply",
     "to_call",
@@ -110,6 +118,7 @@ REP = struct.Struct("<QqiI")
 class Op:
     HELLO = 1
     CANCEL = 2
+    CALL = 3
     MSGGET = 10
     MSGSND = 11
     MSGRCV = 12
@@ -124,6 +133,17 @@ class Op:
     SHMCTL = 33
     SHMPUSH = 34
     SHMPULL = 35
+
+
+class _Call(msgspec.Struct, frozen=True):
+    name: str
+    args: dict[str, Any] = {}
+    timeout: float | None = None
+
+
+def encode_call(name: str, args: dict[str, Any], timeout: float | None) -> bytes:
+    """CALL's payload."""
+    return msgspec.msgpack.encode(_Call(name, args, timeout))
 
 
 class WireError(Exception):
@@ -201,6 +221,12 @@ def decode_request(body: bytes) -> Request:
         f["token"], f["pid"], _ = r.take("QII")
     elif op == Op.CANCEL:
         f["target"] = r.one("Q")
+    elif op == Op.CALL:
+        try:
+            call = msgspec.msgpack.decode(r.raw(r.rest()), type=_Call)
+        except msgspec.DecodeError as exc:
+            raise WireError(f"bad CALL: {exc}", seq) from None
+        f["name"], f["args"], f["timeout"] = call.name, call.args, call.timeout
     elif op == Op.MSGGET:
         f["key"], f["flags"] = r.take("ii")
     elif op == Op.MSGSND:
@@ -267,6 +293,13 @@ def to_call(req: Request) -> tuple[str, dict[str, Any]]:
     SEMOP's timeout becomes the transport's `timeout` in seconds."""
     f = req.fields
     op = req.op
+    if op == Op.CALL:
+        if f["name"] not in OPS or f["name"] == "ipc.list":
+            raise WireError(f"no CALL of {f['name']!r}", req.seq)
+        call: dict[str, Any] = dict(f["args"])
+        if f["timeout"] is not None:
+            call["timeout"] = f["timeout"]
+        return f["name"], call
     if op == Op.MSGGET:
         return "ipc.msgget", {"key": f["key"], "flags": f["flags"]}
     if op == Op.MSGSND:
@@ -348,6 +381,8 @@ def _perm(p: PermInfo) -> bytes:
 def reply_payload(req: Request, value: Any) -> tuple[int, bytes]:
     """(ret, payload) of a successful call's value."""
     op = req.op
+    if op == Op.CALL:
+        return 0, msgspec.msgpack.encode(result_of(value))
     if op in (Op.MSGGET, Op.SEMGET, Op.SHMGET, Op.SEMSIZE):
         return int(value), b""
     if op in (Op.MSGSND, Op.SEMOP, Op.SHMDT):

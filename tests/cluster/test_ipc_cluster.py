@@ -475,6 +475,26 @@ def test_blocked_consumer_checkpointed_and_moved(
     assert q.stat().qnum == 0
 
 
+def test_blocked_python_consumer_moved(cluster: LocalSsiCluster, workdir: Path) -> None:
+    """The same with a Python job (ssi.ipc through the node's preload server)."""
+    key = new_key()
+    q = MessageQueue.create(transport(cluster, "node1"), key=key, mode=0o666)
+    argv = [sys.executable, "consumer.py", hex(key), "1", "1", "12"]
+    job = submit(cluster, "node2", argv, workdir)
+    waiting = lambda: _info(cluster, "msg", q.id)["waiters"] == 1  # noqa: E731
+    wait_for("the consumer to wait", waiting, 30)
+    for i in range(4):
+        q.send(b"%d" % i, mtype=1)
+    wait_for("the consumer to wait again", waiting, 30)
+    cluster.call("node1", m.JobCheckpoint(job=job, stop=True), 60)
+    q.send(b"4", mtype=1)  # taken by its parked receive while it is nowhere
+    cluster.call("node1", m.JobRestart(job=job, node="node3"), 60)
+    for i in range(5, 12):
+        q.send(b"%d" % i, mtype=1)
+    assert "ok 12" in finished(cluster, job, workdir, 120)
+    assert q.stat().qnum == 0
+
+
 def test_home_evicted_mid_traffic(cluster: LocalSsiCluster, workdir: Path) -> None:
     """The queue lives on node2; a producer on node1 streams to a consumer on node3;
     node2 is drained, then evicted, mid-traffic: nothing lost or reordered."""
