@@ -857,3 +857,29 @@ def test_in_process_timeout_cancels_at_home(tmp_path: Path) -> None:
         assert net.shards["n1"].table.semaphore_set(sid).values == [1]
 
     _run(tmp_path, scenario)
+
+
+def test_limits_from_configuration(tmp_path: Path) -> None:
+    """ipc.toml next to ssi.toml sets the tables' limits (msgmnb: a new queue's
+    capacity, msgmax: the largest message, ...)."""
+    from ssi import config
+    from ssi.ipc.ops import MsgGet, MsgSnd
+    from ssi.ipc.service import load_limits
+    from ssi.ipc.table import IpcTable
+
+    (tmp_path / "ipc.toml").write_text("[limits]\nmsgmnb = 65536\nmsgmax = 100\n")
+    limits = load_limits(tmp_path / "ipc.toml")
+    assert (limits.msgmnb, limits.msgmax) == (65536, 100)
+    table = IpcTable(limits)
+    created = table.apply(MsgGet(key=1, flags=0o1600), _caller("p"))
+    qid = getattr(created, "value", None)
+    assert table.message_queue(qid).stat().qbytes == 65536
+    with pytest.raises(OSError) as e:
+        table.apply(MsgSnd(id=qid, mtype=1, data=b"x" * 101), _caller("p"))
+    assert e.value.errno == errno.EINVAL
+    (tmp_path / "ipc.toml").write_text("[limits]\nmsgmnb = -1\n")
+    with pytest.raises(config.ConfigError):
+        load_limits(tmp_path / "ipc.toml")
+    from ssi.ipc.model import Limits
+
+    assert load_limits(tmp_path / "absent.toml") == Limits()
