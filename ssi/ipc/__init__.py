@@ -20,6 +20,13 @@
 
 Shared memory consistency: see ssi.ipc.shm (home-serialised explicit read/write,
 versioned pages; attached copies are explicit-sync with twins and diffs).
+
+In the cluster (ssid): service.py IpcService wires it into the daemon; router.py
+takes a process's op from its node to the object's home; home.py HomeShard holds
+a node's tables (objects it homes, copies it replicates); directory.py is the
+coordinator's key/id -> home map (moves, recovery); remote.py what travels
+between them; client.py the Python programs' transports (ssid socket, preload
+server).
 """
 
 from ssi.ipc.constants import CancelReason, Kind
