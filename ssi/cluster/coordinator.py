@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import zmq.utils.z85
 
 from ssi.cluster import tokens
+from ssi.cluster.checkpoints import Checkpoints
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
 from ssi.cluster.jobs import JobManager
 from ssi.cluster.membership import Membership
@@ -70,12 +71,15 @@ class Coordinator:
         self._task: asyncio.Task[None] | None = None
         self.peers = peers
         self.jobs = JobManager(cfg, store, events, peers)
+        self.checkpoints = Checkpoints(self.jobs, events)
         self.migrations = Migrations(self.jobs)
         self.handlers = {
             **self._handlers(),
             **self.jobs.handlers(),
+            **self.checkpoints.handlers(),
             **self.migrations.handlers(),
         }
+        assert set(self.handlers) == self.OPS
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -93,6 +97,7 @@ class Coordinator:
         self._refresh_keys()
         self._task = asyncio.get_running_loop().create_task(self._watch_heartbeats())
         self.jobs.start()
+        self.checkpoints.start()
         self.migrations.start()
 
     async def close(self) -> None:
@@ -123,7 +128,7 @@ class Coordinator:
         m.NodeEvict.op: "on_evict",
         m.ClusterStatus.op: "on_status",
     }
-    OPS = frozenset(NODE_HANDLERS) | JobManager.OPS | Migrations.OPS
+    OPS = frozenset(NODE_HANDLERS) | JobManager.OPS | Checkpoints.OPS | Migrations.OPS
 
     def _handlers(self) -> Mapping[str, Any]:
         return {op: getattr(self, name) for op, name in self.NODE_HANDLERS.items()}

@@ -1,5 +1,5 @@
-"""The coordinator's view of jobs: submission, placement, life cycle, waiting,
-checkpoints, restarts, and what happens to the jobs of a lost node.
+"""The coordinator's view of jobs: submission, placement, life cycle, waiting and
+control (checkpoints and restarts: checkpoints.py; moves: migrations.py).
 
     submit ─▶ QUEUED ─place─▶ STARTING ─agent.start─▶ RUNNING ─end─▶ DONE|FAILED|KILLED
               HELD ◀─hold/release─┘        │ agent.dump(stop) ─▶ STOPPED ─restart─┐
@@ -12,7 +12,6 @@ a coordinator restart loses no job (every state change is in the store first).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import grp
 import logging
 import os
@@ -23,14 +22,12 @@ from dataclasses import asdict
 from typing import Any, ClassVar
 
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
-from ssi.cluster.peers import Peers, endpoint
+from ssi.cluster.peers import Peers
 from ssi.cluster.scheduling import Scheduling, check_request, request_text
 from ssi.cluster.store import (
-    CheckpointRecord,
     JobRecord,
     JobState,
     NodeRecord,
-    NodeState,
     StateStore,
 )
 from ssi.config import Config
@@ -48,7 +45,6 @@ from ssi.proto.errors import (
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
-DUMP_TIMEOUT = 900.0  # a GB-sized job replicated to another node
 
 
 def state_of_exit(status: Mapping[str, Any]) -> JobState:
@@ -70,9 +66,6 @@ class JobManager:
         m.JobResume.op: "on_resume",
         m.JobHold.op: "on_hold",
         m.JobRelease.op: "on_release",
-        m.JobCheckpoint.op: "on_checkpoint",
-        m.JobCheckpoints.op: "on_checkpoints",
-        m.JobRestart.op: "on_restart",
         m.JobWhy.op: "on_why",
         m.JobEnded.op: "on_ended",
         m.JobsHere.op: "on_here",
@@ -92,7 +85,9 @@ class JobManager:
         self.stats: dict[int, dict[str, Any]] = {}  # live figures from heartbeats
         self.load: dict[str, dict[str, float]] = {}
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
-        self._busy: set[int] = set()  # jobs with a checkpoint or restart under way
+        self._busy: set[int] = (
+            set()
+        )  # jobs with a checkpoint, restart or move under way
         self._tasks: set[asyncio.Task[Any]] = set()
         events.subscribe("scheduler", self.scheduling.node_event)
         events.subscribe("jobs", self.on_node_event)
@@ -120,7 +115,6 @@ class JobManager:
         for job in self.store.jobs():
             if job.state in (JobState.QUEUED, JobState.STARTING):
                 self.spawn(self._place_and_start(job, cause="coordinator start"))
-        self.spawn(self._periodic_checkpoints())
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -555,265 +549,12 @@ class JobManager:
         self.spawn(self._place_and_start(job, cause=env.id))
         return self.view(job)
 
-    # --- checkpoints ------------------------------------------------------------------
-
-    async def on_checkpoint(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
-        body = env.body
-        assert isinstance(body, m.JobCheckpoint)
-        job = self._owned(env, body.job)
-        return asdict(await self.checkpoint(job, stop=body.stop, cause=env.id))
-
-    async def checkpoint(
-        self, job: JobRecord, *, stop: bool, cause: str
-    ) -> CheckpointRecord:
-        if job.state not in (JobState.RUNNING, JobState.SUSPENDED):
-            raise Conflict(
-                f"job {job.id} is {job.state.value}: only running jobs are checkpointed"
-            )
-        if job.id in self._busy:
-            raise Conflict(f"job {job.id} has a checkpoint or restart under way")
-        self._busy.add(job.id)
-        try:
-            return await self._checkpoint(job, stop, cause)
-        finally:
-            self._busy.discard(job.id)
-
-    async def _checkpoint(
-        self, job: JobRecord, stop: bool, cause: str
-    ) -> CheckpointRecord:
-        node = self._node(job.node)
-        others = [
-            n
-            for n in self.store.nodes()
-            if n.name != node.name and n.state in (NodeState.ONLINE, NodeState.DRAINING)
-        ]
-        replicas = [endpoint(n) for n in others[:1]]  # at least one other node
-        seq = len(self.store.checkpoints(job.id)) + 1
-        ckpt_id = f"{job.id}-{seq}-{int(time.time())}"
-        try:
-            done = await self.peers.call(
-                node,
-                m.AgentDump(
-                    job=job.id, checkpoint=ckpt_id, stop=stop, replicas=replicas
-                ),
-                timeout=DUMP_TIMEOUT,
-                cause=cause,
-            )
-        except SsiError as e:
-            why = f"checkpoint failed: {e}"
-            self._save(job.but(reason=why), "checkpoint-failed", error=str(e))
-            raise
-        holders = [node.name, *done.get("replicated_to", [])]
-        ckpt = CheckpointRecord(
-            ckpt_id,
-            job.id,
-            node.name,
-            holders,
-            time.time(),
-            int(done.get("size", 0)),
-            stop,
-            dict(done),
-        )
-        self.store.put_checkpoint(ckpt)
-        note = "" if len(holders) > 1 else " (not replicated: no other node online)"
-        job = self._job(job.id)
-        if stop:
-            job = job.but(state=JobState.STOPPED)
-        self._save(
-            job.but(reason=f"checkpoint {ckpt_id} taken{note}"),
-            "checkpointed",
-            checkpoint=ckpt_id,
-            holders=holders,
-            stop=stop,
-            seconds=done.get("seconds"),
-            size=ckpt.size,
-        )
-        await self._retain(job.id)
-        return ckpt
-
-    async def _retain(self, job_id: int) -> None:
-        """Keep the last few checkpoints of a job; drop the older copies everywhere."""
-        keep = self.cfg.cluster.ckpt_keep
-        for old in self.store.checkpoints(job_id)[:-keep]:
-            for holder in old.holders:
-                rec = self.store.node(holder)
-                if rec is not None and rec.state is not NodeState.LOST:
-                    with contextlib.suppress(SsiError):
-                        await self.peers.call(
-                            rec,
-                            m.AgentForget(job=job_id, checkpoints=[old.id]),
-                            timeout=30.0,
-                        )
-            self.store.delete_checkpoint(old.id)
-
-    async def on_checkpoints(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
-        body = env.body
-        assert isinstance(body, m.JobCheckpoints)
-        self._job(body.job)
-        return [asdict(c) for c in self.store.checkpoints(body.job)]
-
-    async def _periodic_checkpoints(self) -> None:
-        last: dict[int, float] = {}
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.time()
-            for job in self.store.jobs():
-                if job.ckpt_every <= 0 or job.state is not JobState.RUNNING:
-                    continue
-                if job.id not in last:
-                    ckpts = self.store.checkpoints(job.id)
-                    last[job.id] = (
-                        ckpts[-1].taken_at if ckpts else (job.started_at or now)
-                    )
-                if now - last[job.id] >= job.ckpt_every and job.id not in self._busy:
-                    last[job.id] = now
-                    self.spawn(self._quiet_checkpoint(job))
-
-    async def _quiet_checkpoint(self, job: JobRecord) -> None:
-        with contextlib.suppress(SsiError):  # the failure is on the job's record
-            await self.checkpoint(job, stop=False, cause="periodic")
-
-    # --- restart ----------------------------------------------------------------------
-
-    async def on_restart(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
-        body = env.body
-        assert isinstance(body, m.JobRestart)
-        job = self._owned(env, body.job)
-        if job.state.live:
-            raise Conflict(
-                f"job {job.id} is {job.state.value} on {job.node}: checkpoint it with "
-                "--stop first (or migrate it)"
-            )
-        if body.node:
-            self._node(body.node)
-        job = await self.restart(
-            job, checkpoint=body.checkpoint, node=body.node, cause=env.id
-        )
-        return self.view(job)
-
-    async def restart(
-        self,
-        job: JobRecord,
-        *,
-        checkpoint: str = "",
-        node: str = "",
-        cause: str,
-        exclude: tuple[str, ...] = (),
-    ) -> JobRecord:
-        ckpts = self.store.checkpoints(job.id)
-        if checkpoint:
-            ckpts = [c for c in ckpts if c.id == checkpoint]
-            if not ckpts:
-                raise NotFound(f"job {job.id} has no checkpoint {checkpoint!r}")
-        if not ckpts:
-            raise Conflict(f"job {job.id} has no checkpoint to restart from")
-        if job.id in self._busy:
-            raise Conflict(f"job {job.id} has a checkpoint or restart under way")
-        self._busy.add(job.id)
-        try:
-            return await self._restart(job, list(reversed(ckpts)), node, cause, exclude)
-        finally:
-            self._busy.discard(job.id)
-
-    async def _restart(
-        self,
-        job: JobRecord,
-        ckpts: list[CheckpointRecord],
-        want: str,
-        cause: str,
-        exclude: tuple[str, ...],
-    ) -> JobRecord:
-        spec = dict(job.spec, node=want)
-        placement = self.scheduling.place(
-            job, exclude=exclude, restart=True, node=want, keep_pin=not exclude
-        )
-        if placement.node is None:
-            raise Conflict(f"job {job.id} cannot restart: {placement.reason}")
-        target = self._node(placement.node)
-        job = self._save(
-            job.but(
-                state=JobState.RESTARTING, node=target.name, reason=placement.reason
-            ),
-            "restarting",
-            node=target.name,
-        )
-        errors = []
-        for ckpt in ckpts:  # newest first: fall back to older ones if one is damaged
-            holders = [
-                endpoint(n)
-                for h in ckpt.holders
-                if (n := self.store.node(h)) is not None
-                and n.state is not NodeState.LOST
-            ]
-            try:
-                done = await self.peers.call(
-                    target,
-                    m.AgentRestore(
-                        job=job.id, checkpoint=ckpt.id, spec=spec, holders=holders
-                    ),
-                    timeout=DUMP_TIMEOUT,
-                    cause=cause,
-                )
-            except SsiError as e:
-                errors.append(f"{ckpt.id}: {e}")
-                self.store.add_job_event(
-                    job.id, "restore-failed", {"checkpoint": ckpt.id, "error": str(e)}
-                )
-                continue
-            return self._save(
-                job.but(
-                    state=JobState.RUNNING,
-                    started_at=job.started_at or time.time(),
-                    reason=f"restarted on {target.name} from {ckpt.id}",
-                ),
-                "restarted",
-                node=target.name,
-                checkpoint=ckpt.id,
-                fetched_from=done.get("fetched_from"),
-                seconds=done.get("seconds"),
-            )
-        why = "; ".join(errors)
-        self._save(
-            job.but(
-                state=JobState.FAILED,
-                ended_at=time.time(),
-                reason=f"no checkpoint could be restored: {why}",
-            ),
-            "restart-failed",
-            errors=errors,
-        )
-        raise Conflict(f"job {job.id}: no checkpoint could be restored: {why}")
-
     # --- node events ------------------------------------------------------------------
 
     async def on_node_event(self, event: NodeEvent) -> None:
-        if event.kind in (NodeEventKind.LOST, NodeEventKind.EVICTED):
-            for job in self.store.jobs():
-                if job.node == event.node and job.state.live:
-                    self.spawn(self._recover(job, event))
-        elif event.kind in (
+        if event.kind in (
             NodeEventKind.ADDED,
             NodeEventKind.RESUMED,
             NodeEventKind.RETURNED,
         ):
             self.spawn(self.retry_queued())
-
-    async def _recover(self, job: JobRecord, event: NodeEvent) -> None:
-        why = f"node {event.node} {event.kind.value} ({event.cause})"
-        if not self.store.checkpoints(job.id):
-            self._save(
-                job.but(
-                    state=JobState.FAILED,
-                    ended_at=time.time(),
-                    reason=f"{why}; it had no checkpoint",
-                    exit={"aborted": True, "lost": True},
-                ),
-                "lost",
-                node=event.node,
-            )
-            return
-        self.store.add_job_event(job.id, "lost", {"node": event.node})
-        try:
-            await self.restart(job, cause=f"lost:{event.node}", exclude=(event.node,))
-        except SsiError as e:
-            log.error("job %d could not be recovered after %s: %s", job.id, why, e)
