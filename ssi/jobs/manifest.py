@@ -144,6 +144,7 @@ class TailHasher:
         """Stop following, hash what is left of each file; name → ImageFile."""
         self._stop.set()
         self._thread.join()
+        self._poll()  # a file written whole since the thread last looked
         out: dict[str, ImageFile] = {}
         try:
             for name, (fd, h, size) in self._files.items():
