@@ -25,8 +25,6 @@ from ssi.ipc.constants import CancelReason, Kind
 from ssi.ipc.model import Caller, ipc_error
 from ssi.ipc.ops import (
     OPS,
-    ClientExit,
-    ListObjects,
     Message,
     MsgCtl,
     MsgGet,
@@ -78,27 +76,8 @@ __all__ = [
     "RESULTS_PER_CLIENT",
 ]
 
-AnyOp = Union[  # noqa: UP007 - msgspec needs the Union of tagged structs
-    MsgGet,
-    MsgSnd,
-    MsgRcv,
-    MsgCtl,
-    SemGet,
-    SemOp,
-    SemCtl,
-    SemSize,
-    ShmGet,
-    ShmAt,
-    ShmDt,
-    ShmCtl,
-    ShmRead,
-    ShmWrite,
-    ShmPush,
-    ShmPull,
-    ClientExit,
-    ListObjects,
-]
-assert len(OPS) == 18, "a new op needs a place in AnyOp"
+# Every op of ops.OPS, as the tagged Union msgspec decodes (one list: ops.OPS).
+AnyOp: Any = Union[tuple(OPS.values())]  # noqa: UP007
 
 GET_OPS = (MsgGet, SemGet, ShmGet)
 RESULTS_PER_CLIENT = 32  # completed results a home keeps per client and object
