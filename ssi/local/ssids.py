@@ -204,17 +204,19 @@ class LocalSsiCluster:
         from any process (the one that ran `up` may be long gone)."""
         removed: list[str] = []
         record = cls.base_of(prefix) / "ssids.json"
-        if record.exists():
-            for node, pid in json.loads(record.read_text())["pids"].items():
+        pids: dict[str, int] = (
+            json.loads(record.read_text())["pids"] if record.exists() else {}
+        )
+        for node, pid in pids.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                removed.append(f"ssid {node} (pid {pid})")
+        for pid in pids.values():
+            try:
+                wait_for(f"pid {pid} to exit", functools.partial(_gone, pid), 10.0)
+            except SsiError:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                    removed.append(f"ssid {node} (pid {pid})")
-            for pid in json.loads(record.read_text())["pids"].values():
-                try:
-                    wait_for(f"pid {pid} to exit", functools.partial(_gone, pid), 10.0)
-                except SsiError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
         return removed + cleanup(prefix) + remove_cgroups(prefix)
 
     def _save(self) -> None:
