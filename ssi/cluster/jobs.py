@@ -12,7 +12,6 @@ a coordinator restart loses no job (every state change is in the store first).
 from __future__ import annotations
 
 import asyncio
-import grp
 import logging
 import os
 import pwd
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, ClassVar
 
+from ssi.auth import is_admin
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
 from ssi.cluster.peers import Peers
 from ssi.cluster.scheduling import Scheduling, check_request, request_text
@@ -134,16 +134,7 @@ class JobManager:
         return rec
 
     def is_admin(self, uid: int | None, gid: int | None) -> bool:
-        if uid == 0:
-            return True
-        group = self.cfg.cluster.admin_group
-        if not group or uid is None:
-            return False
-        try:
-            user = pwd.getpwuid(uid).pw_name
-            return grp.getgrnam(group).gr_gid in os.getgrouplist(user, gid or 0)
-        except KeyError:
-            return False
+        return is_admin(uid, gid, self.cfg.cluster.admin_group)
 
     def _owned(self, env: m.Envelope, job_id: int) -> JobRecord:
         job = self._job(job_id)

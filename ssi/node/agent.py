@@ -4,10 +4,8 @@ coordinator, sends heartbeats, and holds the coordinator role when this node has
 from __future__ import annotations
 
 import asyncio
-import grp
 import logging
 import os
-import pwd
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -20,6 +18,7 @@ import zmq.asyncio
 
 import ssi
 from schedulers.probes.sampler import NodeSampler
+from ssi.auth import is_admin
 from ssi.cluster import tokens
 from ssi.cluster.coordinator import Coordinator, Welcome, z85_key
 from ssi.cluster.events import NodeEvents
@@ -287,22 +286,11 @@ class Agent:
         )
         return {op: self._authorized(op, h) for op, h in handlers.items()}
 
-    def _is_admin(self, uid: int, gid: int) -> bool:
-        if uid == 0:
-            return True
-        group = self.cfg.cluster.admin_group
-        if not group:
-            return False
-        try:
-            admin_gid = grp.getgrnam(group).gr_gid
-            user = pwd.getpwuid(uid).pw_name
-            return admin_gid in os.getgrouplist(user, gid)
-        except KeyError:
-            return False
-
     def _authorized(self, op: str, handler: Any) -> Any:
         async def guarded(env: m.Envelope, peer: Any) -> Any:
-            if op in ADMIN_OPS and not self._is_admin(peer.uid, peer.gid):
+            if op in ADMIN_OPS and not is_admin(
+                peer.uid, peer.gid, self.cfg.cluster.admin_group
+            ):
                 group = self.cfg.cluster.admin_group
                 who = "root" + (f" or members of group {group!r}" if group else "")
                 raise Denied(f"{op} is an admin verb: only {who} may use it")
