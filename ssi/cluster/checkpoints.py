@@ -84,7 +84,8 @@ class Checkpoints:
             for n in self.store.nodes()
             if n.name != node.name and n.state in (NodeState.ONLINE, NodeState.DRAINING)
         ]
-        replicas = [endpoint(n) for n in others[:1]]  # at least one other node
+        # Candidates in order: the first that takes a copy holds it (one is enough).
+        replicas = [endpoint(n) for n in others[:3]]
         seq = len(self.store.checkpoints(job.id)) + 1
         ckpt_id = f"{job.id}-{seq}-{int(time.time())}"
         try:

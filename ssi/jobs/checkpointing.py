@@ -23,7 +23,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +51,12 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint(
-    rt: JobRuntime, job: LocalJob, dest: Path, leave_running: bool, hold: bool = False
+    rt: JobRuntime,
+    job: LocalJob,
+    dest: Path,
+    leave_running: bool,
+    hold: bool = False,
+    on_staging: Callable[[Path], None] | None = None,
 ) -> Manifest:
     """JobRuntime.checkpoint's work (see there)."""
     job_id = job.job_id
@@ -68,6 +73,8 @@ def checkpoint(
         hasher: mf.TailHasher | None = None
         try:
             tmp.mkdir(mode=0o700)
+            if on_staging is not None:
+                on_staging(tmp)
             rt.cgroups.freeze(job_id)
             hasher = mf.TailHasher(tmp)
             dumped = rt.criu.dump(

@@ -34,6 +34,7 @@ import signal as _signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -517,7 +518,13 @@ class JobRuntime:
         return self._criu_version
 
     def checkpoint(
-        self, job_id: str, dest: Path, *, leave_running: bool, hold: bool = False
+        self,
+        job_id: str,
+        dest: Path,
+        *,
+        leave_running: bool,
+        hold: bool = False,
+        on_staging: Callable[[Path], None] | None = None,
     ) -> Manifest:
         """Dump the job's whole namespace into `dest` (must not exist; its parent
         must) and write its manifest. The job is frozen from the start of the dump
@@ -525,11 +532,13 @@ class JobRuntime:
         (state CHECKPOINTED: it lives on in `dest`).
 
         hold: stay frozen after the dump until settle() (a migration's source).
+        on_staging: called (in this thread) with the directory CRIU is about to
+        write into, renamed to `dest` when whole: a copy may follow it as it grows.
         On any failure nothing of `dest` is left and the job runs on (as it was:
         a suspended job stays suspended): CriuError (`.blocker` names what CRIU
         could not dump), CheckpointFailed (e.g. the disk filled up)."""
         return checkpointing.checkpoint(
-            self, self.job(job_id), Path(dest), leave_running, hold
+            self, self.job(job_id), Path(dest), leave_running, hold, on_staging
         )
 
     def checkpoint_lazy(

@@ -23,22 +23,23 @@ import msgspec
 from schedulers.probes.job import JobProbe
 from ssi.checkpoint import Criu, PageServer
 from ssi.config import Config, resolve_criu
-from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
+from ssi.jobs import JobRuntime, JobSpec, LocalJob
 from ssi.migration import LiveSource, LiveTarget
+from ssi.node.copying import (
+    BULK_PORT_OFFSET,
+    SpoolDirs,
+    bulk_endpoint,
+    checkpoint_copied,
+)
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
 from ssi.rpc.keys import KeyPair
-from ssi.transfer import BulkServer, RootDirs, fetch_dir, send_dir
+from ssi.transfer import BulkServer, TransferStats, fetch_dir, send_dir
 
 log = logging.getLogger(__name__)
 
 Call = Callable[..., Awaitable[Any]]
-BULK_PORT_OFFSET = 2  # cluster port, join port, bulk port
-
-
-def bulk_endpoint(peer: Mapping[str, Any]) -> str:
-    return f"tcp://{peer['address']}:{int(peer['port']) + BULK_PORT_OFFSET}"
 
 
 class Executor:
@@ -62,6 +63,7 @@ class Executor:
         state = Path(cfg.node.state_dir)
         self.spool = state / "checkpoints"
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.spool_dirs = SpoolDirs(self.spool)
         self.runtime = JobRuntime(
             state / "jobs",
             Criu(resolve_criu(cfg)),
@@ -73,7 +75,7 @@ class Executor:
             f"tcp://{cfg.node.listen}:{cfg.node.port + BULK_PORT_OFFSET}",
             keypair,
             key_allowed,
-            RootDirs(self.spool, [self.spool]),
+            self.spool_dirs,
         )
         self._ended: dict[str, dict[str, Any]] = {}  # job id -> status, not yet acked
         self._stopping: set[str] = set()  # dumped to stop: their end is no job's end
@@ -225,44 +227,55 @@ class Executor:
         return {}
 
     async def on_dump(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        """Checkpoint, copied as it is written to the first replica that takes it
+        (the next ones are tried, after the dump, only if that copy failed)."""
         body = env.body
         assert isinstance(body, m.AgentDump)
-        dest = self.spool / body.checkpoint
+        job_id, dest = str(body.job), self.spool / body.checkpoint
         started = time.monotonic()
         if body.stop:
-            self._stopping.add(str(body.job))
-        self._before_dump(str(body.job))
+            self._stopping.add(job_id)
+        self._before_dump(job_id)
         stopped = False
+        first = body.replicas[0] if body.replicas else None
         try:
-            manifest = await asyncio.to_thread(
-                self.runtime.checkpoint,
-                str(body.job),
+            manifest, copied = await checkpoint_copied(
+                self.runtime,
+                self.keypair,
+                job_id,
                 dest,
+                first,
+                body.checkpoint,
                 leave_running=not body.stop,
             )
             stopped = body.stop
             if body.stop:  # its processes are gone: drop it here, the images stay
-                self._unwatch(self.runtime.job(str(body.job)))
-                await asyncio.to_thread(self.runtime.forget, str(body.job), kill=True)
+                self._unwatch(self.runtime.job(job_id))
+                await asyncio.to_thread(self.runtime.forget, job_id, kill=True)
         finally:
-            self._stopping.discard(str(body.job))
-            self._after_dump(str(body.job), stopped)
+            self._stopping.discard(job_id)
+            self._after_dump(job_id, stopped)
         dumped = time.monotonic() - started
         replicated: list[str] = []
         errors: list[str] = []
-        for replica in body.replicas:
-            try:
-                await send_dir(
-                    bulk_endpoint(replica),
-                    replica["key"],
-                    self.keypair,
-                    dest,
-                    body.checkpoint,
-                    checksums=manifest.checksums(),
-                )
-                replicated.append(replica["name"])
-            except SsiError as e:
-                errors.append(f"{replica['name']}: {e}")
+        if first is not None and not isinstance(copied, SsiError):
+            replicated.append(first["name"])
+        elif first is not None:
+            errors.append(f"{first['name']}: {copied}")
+            for replica in body.replicas[1:]:
+                try:
+                    await send_dir(
+                        bulk_endpoint(replica),
+                        replica["key"],
+                        self.keypair,
+                        dest,
+                        body.checkpoint,
+                        checksums=manifest.checksums(),
+                    )
+                    replicated.append(replica["name"])
+                    break
+                except SsiError as e:
+                    errors.append(f"{replica['name']}: {e}")
         if body.replicas and not replicated and not body.stop:
             shutil.rmtree(dest, ignore_errors=True)
             raise Unavailable(
@@ -332,7 +345,7 @@ class Executor:
         problems: list[str] = []
         if local.is_dir():
             try:
-                await asyncio.to_thread(verify, local)
+                await asyncio.to_thread(self.spool_dirs.verify, body.checkpoint, local)
                 return "", problems
             except SsiError as e:
                 problems.append(f"local copy: {e}")
@@ -341,14 +354,17 @@ class Executor:
             if holder["name"] == self.node:
                 continue
             try:
-                await fetch_dir(
+                got = await fetch_dir(
                     bulk_endpoint(holder),
                     holder["key"],
                     self.keypair,
                     body.checkpoint,
                     local,
                 )
-                await asyncio.to_thread(verify, local)
+                await asyncio.to_thread(
+                    self.spool_dirs.arrived, body.checkpoint, local, got.digests
+                )
+                await asyncio.to_thread(self.spool_dirs.verify, body.checkpoint, local)
                 return holder["name"], problems
             except SsiError as e:
                 problems.append(f"copy on {holder['name']}: {e}")
@@ -369,6 +385,7 @@ class Executor:
         t0 = time.monotonic()
         self._before_dump(job_id)  # until on_settle
         page_server = None
+        copied: TransferStats | SsiError | None = None
         try:
             if body.live:  # pages stay here, served to the target on demand
                 source = await asyncio.to_thread(
@@ -377,23 +394,33 @@ class Executor:
                 self._live[job_id] = source
                 manifest = source.manifest
                 page_server = {"address": self.address, "port": source.port}
-            else:
-                manifest = await asyncio.to_thread(
-                    self.runtime.checkpoint, job_id, dest, leave_running=True, hold=True
+            else:  # the images go to the target as CRIU writes them
+                manifest, copied = await checkpoint_copied(
+                    self.runtime,
+                    self.keypair,
+                    job_id,
+                    dest,
+                    body.target,
+                    body.migration,
+                    leave_running=True,
+                    hold=True,
                 )
         except BaseException:
             self._after_dump(job_id, False)
             raise
         t1 = time.monotonic()
         try:
-            await send_dir(
-                bulk_endpoint(body.target),
-                body.target["key"],
-                self.keypair,
-                dest,
-                body.migration,
-                checksums=manifest.checksums(),
-            )
+            if body.live:
+                await send_dir(
+                    bulk_endpoint(body.target),
+                    body.target["key"],
+                    self.keypair,
+                    dest,
+                    body.migration,
+                    checksums=manifest.checksums(),
+                )
+            elif isinstance(copied, SsiError):
+                raise copied
         except BaseException:
             await self._settle(job_id, moved=False)
             self._after_dump(job_id, False)
@@ -401,10 +428,12 @@ class Executor:
         finally:
             if not body.live:  # the source keeps no images (live: until commit)
                 shutil.rmtree(dest, ignore_errors=True)
+        # Cold: the copy overlapped the dump; what it took beyond it is transfer.
+        dump_seconds = (t1 - t0) if body.live else manifest.dump_seconds
         return {
             "bytes": manifest.size,
-            "dump_seconds": t1 - t0,
-            "transfer_seconds": time.monotonic() - t1,
+            "dump_seconds": dump_seconds,
+            "transfer_seconds": time.monotonic() - t0 - dump_seconds,
             "page_server": page_server,
         }
 

@@ -390,7 +390,8 @@ class AgentFreeze(Request[Any], tag="agent.freeze"):
 
 
 class AgentDump(Request[Any], tag="agent.dump"):
-    """Checkpoint a job into the node's spool, then copy it to the replica nodes."""
+    """Checkpoint a job into the node's spool, copied to the first of `replicas`
+    (candidates in order) that takes it."""
 
     job: int
     checkpoint: str

@@ -4,6 +4,7 @@ CURVE socket, never through the control channel.
     node A                                             node B (ssid)
     send_dir(src, name) ──PUT/DATA…/END──▶ BulkServer ─▶ policy.incoming(name) → path
     send_stream(items)  ──(files as produced)──▶        Staging: .path.partial-x/
+    send_following(dir) ──(a dir while it is written)──▶
     fetch_dir(name, dest) ◀──DATA…/END── BulkServer ◀─ policy.outgoing(name)
                          ◀── CREDIT (receiver → sender: one per chunk written) ──
 
@@ -16,10 +17,11 @@ files.py the disk side; link.py the sockets; server.py and client.py the two end
 stream.py sources for send_stream (pipes, FIFOs).
 """
 
-from ssi.transfer.client import fetch_dir, send_dir, send_stream
+from ssi.transfer.client import fetch_dir, send_dir, send_following, send_stream
 from ssi.transfer.engine import Progress, TransferStats
 from ssi.transfer.errors import ChecksumMismatch, NoSpace, PeerGone, TransferError
 from ssi.transfer.files import sweep_partials
+from ssi.transfer.follow import Finished
 from ssi.transfer.protocol import Options
 from ssi.transfer.server import BulkPolicy, BulkServer, RootDirs
 from ssi.transfer.stream import chain, merge, pipe_pieces
@@ -28,6 +30,7 @@ __all__ = [
     "BulkPolicy",
     "BulkServer",
     "ChecksumMismatch",
+    "Finished",
     "NoSpace",
     "Options",
     "PeerGone",
@@ -40,6 +43,7 @@ __all__ = [
     "merge",
     "pipe_pieces",
     "send_dir",
+    "send_following",
     "send_stream",
     "sweep_partials",
 ]

@@ -4,6 +4,8 @@
       list_files → dir_chunks → send_chunks         Staging(dest) ← receive_chunks
     send_stream(items) ──PUT(stream)──▶ server
       stream_chunks → send_chunks
+    send_following(dir being written) ──PUT(stream)──▶ server
+      follow_chunks → send_chunks
 
 Each call opens its own connection (a DEALER socket, CURVE with our key pair and the
 server's public key) and closes it when done. On any failure the peer is told (ERR)
@@ -27,6 +29,7 @@ from ssi.rpc.keys import KeyPair
 from ssi.transfer import files as fs
 from ssi.transfer import protocol as p
 from ssi.transfer.engine import (
+    Chunk,
     Progress,
     TransferStats,
     dir_chunks,
@@ -36,9 +39,10 @@ from ssi.transfer.engine import (
     stream_chunks,
 )
 from ssi.transfer.errors import PeerGone
+from ssi.transfer.follow import Finished, follow_chunks
 from ssi.transfer.link import ClientLink, Gone
 
-__all__ = ["send_dir", "send_stream", "fetch_dir"]
+__all__ = ["send_dir", "send_stream", "send_following", "fetch_dir"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -57,6 +61,7 @@ class _Session:
         self._own_ctx = ctx is None
         # A context of our own gives the transfer its own I/O thread for CURVE.
         self.ctx = ctx if ctx is not None else zmq.asyncio.Context(io_threads=1)
+        self.options = options
         self.link = ClientLink(self.ctx, endpoint, server_key, keypair, options)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssi-bulk")
         self.started = asyncio.get_running_loop().time()
@@ -67,9 +72,11 @@ class _Session:
             return await loop.run_in_executor(self.pool, lambda: fn(*args, **kw))
         return await loop.run_in_executor(self.pool, fn, *args)
 
-    def stats(self, files: int, nbytes: int) -> TransferStats:
+    def stats(
+        self, files: int, nbytes: int, digests: Mapping[str, str] | None = None
+    ) -> TransferStats:
         elapsed = asyncio.get_running_loop().time() - self.started
-        return TransferStats(nbytes, files, elapsed, self.link.peer)
+        return TransferStats(nbytes, files, elapsed, self.link.peer, digests or {})
 
     async def close(self) -> None:
         await self.link.close()
@@ -186,16 +193,62 @@ async def send_stream(
     opts = options or p.Options()
     p.check_name(dest_name)
     async with _session(ctx, endpoint, server_key, keypair, opts) as s:
-        await s.link.send(p.Put(p.VERSION, dest_name, True, opts.chunk_size))
-        accept: p.Accept = await _first(s, p.Accept)
-        chunks = stream_chunks(items, _chunk(accept.chunk), s.run_io)
-        try:
-            nfiles, nbytes = await send_chunks(
-                s.link, chunks, credit=_window(accept.window), progress=progress
-            )
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
-        return s.stats(nfiles, nbytes)
+        return await _push_stream(
+            s,
+            dest_name,
+            lambda chunk, _pool: stream_chunks(items, chunk, s.run_io),
+            progress,
+        )
+
+
+async def send_following(
+    endpoint: str,
+    server_key: bytes | str,
+    keypair: KeyPair,
+    start: Path,
+    grows: Callable[[str], bool],
+    done: asyncio.Future[Finished],
+    dest_name: str,
+    *,
+    progress: Progress | None = None,
+    options: p.Options | None = None,
+    ctx: zmq.asyncio.Context | None = None,
+) -> TransferStats:
+    """Push the directory `start` while its writer still fills it: the files
+    `grows` names as they grow, the rest once `done` says the writer finished
+    (ssi.transfer.follow). The server commits it as `dest_name` when all arrived
+    and verified against the writer's checksums; if `done` fails, the server keeps
+    nothing. Same errors as `send_dir`."""
+    opts = options or p.Options()
+    p.check_name(dest_name)
+    async with _session(ctx, endpoint, server_key, keypair, opts) as s:
+        return await _push_stream(
+            s,
+            dest_name,
+            lambda _chunk, pool: follow_chunks(start, grows, done, pool, s.run_io),
+            progress,
+        )
+
+
+async def _push_stream(
+    s: _Session,
+    dest_name: str,
+    make_chunks: Callable[[int, fs.BufferPool], AsyncIterator[Chunk]],
+    progress: Progress | None,
+) -> TransferStats:
+    """PUT a stream (files and size not known in advance), send its chunks."""
+    await s.link.send(p.Put(p.VERSION, dest_name, True, s.options.chunk_size))
+    accept: p.Accept = await _first(s, p.Accept)
+    window = _window(accept.window)
+    pool = fs.BufferPool(_chunk(accept.chunk), window + 2)
+    chunks = make_chunks(pool.size, pool)
+    try:
+        nfiles, nbytes = await send_chunks(
+            s.link, chunks, credit=window, progress=progress, release=pool.put
+        )
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    return s.stats(nfiles, nbytes)
 
 
 async def fetch_dir(
@@ -247,7 +300,7 @@ async def fetch_dir(
                 await asyncio.shield(s.run_io(staging.abort))
         with contextlib.suppress(Exception):  # the data is here and verified
             await s.link.send(p.Done(nfiles, nbytes))
-        return s.stats(nfiles, nbytes)
+        return s.stats(nfiles, nbytes, staging.digests)
 
 
 def _chunk(n: int) -> int:

@@ -15,7 +15,7 @@ import collections
 import functools
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,12 +52,14 @@ _BATCH = 16  # most DATA frames written in one trip to the worker thread
 @dataclass(frozen=True, slots=True)
 class TransferStats:
     """What a finished transfer moved: payload bytes, files, wall-clock seconds
-    (connection and handshake included)."""
+    (connection and handshake included); for a receiver, the sha256 of each file
+    as it arrived (relative path → hex)."""
 
     bytes: int
     files: int
     seconds: float
     peer: str = ""
+    digests: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def mb_per_s(self) -> float:

@@ -222,7 +222,7 @@ class Staging:
         self.tmp = final.parent / f".{final.name}{PARTIAL_MARK}{secrets.token_hex(4)}"
         self.tmp.mkdir(mode=0o700)
         self._open: dict[str, _Open] = {}
-        self._done: set[str] = set()
+        self.digests: dict[str, str] = {}  # sha256 of each file arrived whole
         self._dirs: set[Path] = {self.tmp}
         self.bytes = 0
         self.files = 0
@@ -257,7 +257,7 @@ class Staging:
     ) -> None:
         f = self._open.get(rel)
         if f is None:
-            if rel in self._done:
+            if rel in self.digests:
                 raise MalformedMessage(f"{rel}: data after its last chunk")
             if len(self._open) >= _MAX_OPEN:
                 raise MalformedMessage(f"more than {_MAX_OPEN} files open at once")
@@ -304,7 +304,7 @@ class Staging:
         os.fsync(f.fd)
         os.close(f.fd)
         del self._open[rel]
-        self._done.add(rel)
+        self.digests[rel] = actual
         self.files += 1
 
     def _os_error(self, e: OSError, rel: str) -> Exception:
@@ -330,7 +330,7 @@ class Staging:
             raise MalformedMessage(
                 f"transfer ended with unfinished files: {', '.join(self.open_files)}"
             )
-        missing = sorted(set(self.checksums) - self._done)
+        missing = sorted(set(self.checksums) - self.digests.keys())
         if missing:
             raise TransferError(
                 f"{len(missing)} expected files did not come: {', '.join(missing[:5])}",

@@ -19,7 +19,7 @@ import inspect
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,6 +75,13 @@ class BulkPolicy:
         """The directory served as `name` to the key `peer`. The default serves
         nothing."""
         raise NotFound(f"nothing to fetch here ({name})")
+
+    def known_checksums(self, name: str, path: Path) -> Mapping[str, str] | None:
+        """Digests (relative path → sha256 hex) the files served as `name` from
+        `path` must have, e.g. from a manifest kept with them: sent instead of
+        digests computed while reading, so the fetcher checks the data against
+        them, end to end. Called in a worker thread. The default knows none."""
+        return None
 
     def received(
         self, name: str, path: Path, peer: bytes, stats: TransferStats
@@ -353,7 +360,11 @@ class BulkServer:
             )
             committed = True
             stats = TransferStats(
-                nbytes, files, asyncio.get_running_loop().time() - started, link.peer
+                nbytes,
+                files,
+                asyncio.get_running_loop().time() - started,
+                link.peer,
+                staging.digests,
             )
             try:
                 done = self.policy.received(put.name, final, key, stats)
@@ -376,10 +387,11 @@ class BulkServer:
             raise MalformedMessage(f"bad window {get.window} or chunk {get.chunk}")
         src = self.policy.outgoing(get.name, key)
         files: list[fs.SourceFile] = await self._run_io(fs.list_files, src)
+        known = await self._run_io(self.policy.known_checksums, get.name, src)
         total = sum(f.size for f in files)
         await link.send(p.Manifest(len(files), total))
         pool = fs.BufferPool(get.chunk, get.window + 2)
-        chunks = dir_chunks(files, pool, self._run_io)
+        chunks = dir_chunks(files, pool, self._run_io, known)
         try:
             nfiles, nbytes = await send_chunks(
                 link, chunks, credit=get.window, total=total, release=pool.put
