@@ -31,6 +31,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     )
     port: int = 7070
     cgroup_base: str = "ssi"  # jobs' cgroups: <hierarchy>/<cgroup_base>/<job id>
+    # A directory every node mounts at this same path (NFS, Lustre, ...): checkpoints
+    # are written there once and count as taken without a copy to another node.
+    shared_spool: str = ""
 
 
 class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

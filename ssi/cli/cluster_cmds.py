@@ -45,6 +45,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=6.0,
         help="seconds of silence before a node is declared lost",
     )
+    u.add_argument(
+        "--shared-spool",
+        action="store_true",
+        help="give the nodes one checkpoint directory (they share this machine, as "
+        "nodes share NFS or Lustre): checkpoints are written once, not copied",
+    )
     u.set_defaults(func=cmd_up)
     d = verbs.add_parser(
         "down",
@@ -84,6 +90,7 @@ def cmd_up(ctx: Ctx) -> int:
         subnet=a.subnet,
         heartbeat_timeout=a.heartbeat_timeout,
         heartbeat_interval=min(1.0, a.heartbeat_timeout / 4),
+        shared_spool=a.shared_spool,
     )
     with o.err.status(f"starting {a.local} nodes..."):
         cluster.up()

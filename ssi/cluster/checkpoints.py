@@ -113,7 +113,12 @@ class Checkpoints:
             dict(done),
         )
         self.store.put_checkpoint(ckpt)
-        note = "" if len(holders) > 1 else " (not replicated: no other node online)"
+        if done.get("shared"):
+            note = " (in the shared spool)"
+        elif len(holders) > 1:
+            note = ""
+        else:
+            note = " (not replicated: no other node online)"
         job = self.jobs._job(job.id)
         if stop:
             job = job.but(state=JobState.STOPPED)

@@ -62,8 +62,10 @@ class LocalSsiCluster:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 6.0,
         log_level: str = "info",
+        shared_spool: bool = False,
     ) -> None:
         self.prefix = prefix
+        self.shared_spool = shared_spool  # one checkpoint directory for all nodes
         self.topology = LocalCluster(size, prefix=prefix, subnet=subnet)
         self.port = port
         self.heartbeat = (heartbeat_interval, heartbeat_timeout)
@@ -111,13 +113,16 @@ class LocalSsiCluster:
         d = self.node_dir(node)
         (d / "run").mkdir(parents=True, exist_ok=True)
         interval, timeout = self.heartbeat
+        shared = self.base / "shared"
+        shared_line = f'shared_spool = "{shared}"\n' if self.shared_spool else ""
         cfg = d / "ssi.toml"
         cfg.write_text(
             f'[node]\nname = "{name or node}"\nstate_dir = "{d / "state"}"\n'
             f'run_dir = "{d / "run"}"\n'
             f'advertise = "{self.topology.node(node).address}"\n'
             f"port = {self.port}\n"
-            f'cgroup_base = "ssi-{self.prefix}-{node}"\n\n'
+            f'cgroup_base = "ssi-{self.prefix}-{node}"\n'
+            f"{shared_line}\n"
             f"[cluster]\nheartbeat_interval = {interval}\n"
             f"heartbeat_timeout = {timeout}\n\n"
             "[scheduler]\nshared_host = true\n"

@@ -23,7 +23,7 @@ import msgspec
 from schedulers.probes.job import JobProbe
 from ssi.checkpoint import Criu, PageServer
 from ssi.config import Config, resolve_criu
-from ssi.jobs import JobRuntime, JobSpec, LocalJob
+from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
 from ssi.migration import LiveSource, LiveTarget
 from ssi.node.copying import (
     BULK_PORT_OFFSET,
@@ -64,6 +64,10 @@ class Executor:
         self.spool = state / "checkpoints"
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.spool_dirs = SpoolDirs(self.spool)
+        # Storage every node mounts at this path: a checkpoint there needs no copy.
+        self.shared = Path(cfg.node.shared_spool) if cfg.node.shared_spool else None
+        if self.shared is not None:
+            self.shared.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.runtime = JobRuntime(
             state / "jobs",
             Criu(resolve_criu(cfg)),
@@ -228,16 +232,19 @@ class Executor:
 
     async def on_dump(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         """Checkpoint, copied as it is written to the first replica that takes it
-        (the next ones are tried, after the dump, only if that copy failed)."""
+        (the next ones are tried, after the dump, only if that copy failed); or
+        written once into the shared spool, which every node sees."""
         body = env.body
         assert isinstance(body, m.AgentDump)
-        job_id, dest = str(body.job), self.spool / body.checkpoint
+        job_id = str(body.job)
+        dest = (self.shared or self.spool) / body.checkpoint
+        replicas = body.replicas if self.shared is None else []
         started = time.monotonic()
         if body.stop:
             self._stopping.add(job_id)
         self._before_dump(job_id)
         stopped = False
-        first = body.replicas[0] if body.replicas else None
+        first = replicas[0] if replicas else None
         try:
             manifest, copied = await checkpoint_copied(
                 self.runtime,
@@ -262,7 +269,7 @@ class Executor:
             replicated.append(first["name"])
         elif first is not None:
             errors.append(f"{first['name']}: {copied}")
-            for replica in body.replicas[1:]:
+            for replica in replicas[1:]:
                 try:
                     await send_dir(
                         bulk_endpoint(replica),
@@ -276,7 +283,7 @@ class Executor:
                     break
                 except SsiError as e:
                     errors.append(f"{replica['name']}: {e}")
-        if body.replicas and not replicated and not body.stop:
+        if replicas and not replicated and not body.stop:
             shutil.rmtree(dest, ignore_errors=True)
             raise Unavailable(
                 f"checkpoint of job {body.job} could not be copied to another node "
@@ -287,6 +294,7 @@ class Executor:
             "seconds": time.monotonic() - started,
             "dump_seconds": dumped,
             "replicated_to": replicated,
+            "shared": self.shared is not None,
             "errors": errors,
             "criu_version": manifest.criu_version,
         }
@@ -306,10 +314,10 @@ class Executor:
         local = self.spool / body.checkpoint
         if body.lazy_from is not None:
             return await self._restore_live(body, local, started)
-        fetched_from, problems = await self._usable_copy(local, body)
-        job = await asyncio.to_thread(self.runtime.restore, str(body.job), local)
+        images, fetched_from, problems = await self._usable_copy(local, body)
+        job = await asyncio.to_thread(self.runtime.restore, str(body.job), images)
         self._watch(job)
-        if body.cleanup:
+        if body.cleanup and images == local:
             shutil.rmtree(local, ignore_errors=True)
         return {
             "pid": job.pid,
@@ -339,14 +347,22 @@ class Executor:
 
     async def _usable_copy(
         self, local: Path, body: m.AgentRestore
-    ) -> tuple[str, list[str]]:
-        """A verified copy of the checkpoint here: ours if sound, else the first
-        holder's that verifies."""
+    ) -> tuple[Path, str, list[str]]:
+        """A verified copy of the checkpoint: the shared spool's, ours, else the
+        first holder's that verifies (fetched to `local`). Returns where it is, the
+        holder it came from ("" here, "shared") and what was wrong with others."""
         problems: list[str] = []
+        shared = self.shared / body.checkpoint if self.shared is not None else None
+        if shared is not None and shared.is_dir():
+            try:
+                await asyncio.to_thread(verify, shared)
+                return shared, "shared", problems
+            except SsiError as e:  # left there: it is every node's, not ours to drop
+                problems.append(f"shared copy: {e}")
         if local.is_dir():
             try:
                 await asyncio.to_thread(self.spool_dirs.verify, body.checkpoint, local)
-                return "", problems
+                return local, "", problems
             except SsiError as e:
                 problems.append(f"local copy: {e}")
                 shutil.rmtree(local, ignore_errors=True)
@@ -365,7 +381,7 @@ class Executor:
                     self.spool_dirs.arrived, body.checkpoint, local, got.digests
                 )
                 await asyncio.to_thread(self.spool_dirs.verify, body.checkpoint, local)
-                return holder["name"], problems
+                return local, holder["name"], problems
             except SsiError as e:
                 problems.append(f"copy on {holder['name']}: {e}")
                 shutil.rmtree(local, ignore_errors=True)
@@ -473,5 +489,7 @@ class Executor:
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")
-            shutil.rmtree(self.spool / ckpt, ignore_errors=True)
+            for root in (self.spool, self.shared):
+                if root is not None:
+                    shutil.rmtree(root / ckpt, ignore_errors=True)
         return {}

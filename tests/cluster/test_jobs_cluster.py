@@ -246,6 +246,31 @@ def test_lost_node_jobs_restart_from_their_checkpoint(
     assert at_ckpt  # the dump's figures were recorded
 
 
+def test_shared_spool_checkpoint_outlives_its_node(
+    ssi_cluster: Callable[..., LocalSsiCluster], workdir: Path
+) -> None:
+    """With a shared spool a checkpoint is written once, where every node sees it:
+    no copy to a peer, and its node's loss does not lose it."""
+    c = ssi_cluster(3, shared_spool=True)
+    job_id, out = counter(c, workdir, node="node2")
+    ckpt = c.call("node1", m.JobCheckpoint(job=job_id), timeout=120)
+    assert ckpt["holders"] == ["node2"] and ckpt["info"]["shared"]
+    assert (c.base / "shared" / ckpt["id"] / "manifest.json").is_file()
+    for node in c.node_names:  # nothing in any node's own spool
+        assert not (c.node_dir(node) / "state" / "checkpoints" / ckpt["id"]).exists()
+    assert "shared spool" in job(c, job_id)["reason"]
+    before = len(read_ticks(out))
+    kill_node(c, "node2")
+    wait_for(
+        "the job running again elsewhere",
+        lambda: (j := job(c, job_id))["node"] != "node2" and j["state"] == "running",
+        20 + HB_TIMEOUT,
+    )
+    wait_for("counting again", lambda: len(read_ticks(out)) > before + 10, 20)
+    restarted = [e for e in job(c, job_id)["events"] if e["kind"] == "restarted"]
+    assert restarted[-1]["fetched_from"] == "shared"
+
+
 def test_corrupt_image_falls_back_to_replica_then_previous(
     cluster: LocalSsiCluster, workdir: Path
 ) -> None:
