@@ -12,13 +12,15 @@ checkpoint whole here, and the caller decides what that means.
 A copy is checked against its manifest as it arrives (every file's sha256, computed
 by the receiver). A restore right after it (a migration, a restart that fetched its
 images) then need not hash a gigabyte again, as long as the files are untouched
-since (same size, mtime and inode): SpoolDirs.verify.
+since (same size, mtime and inode) and it arrived moments ago: SpoolDirs.verify. Any
+older copy is hashed again before a restore (what sat on a disk may have rotted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,7 @@ def _resolve(fut: asyncio.Future[Path], value: Path) -> None:
 
 
 Fingerprint = frozenset[tuple[str, int, int, int]]
+FRESH_FOR = 60.0  # seconds a copy checked on arrival counts as checked
 
 
 def _fingerprint(path: Path) -> Fingerprint:
@@ -115,7 +118,7 @@ class SpoolDirs(RootDirs):
 
     def __init__(self, spool: Path) -> None:
         super().__init__(spool, [spool])
-        self._checked: dict[str, Fingerprint] = {}
+        self._checked: dict[str, tuple[Fingerprint, float]] = {}
 
     def known_checksums(self, name: str, path: Path) -> Mapping[str, str] | None:
         try:
@@ -136,10 +139,11 @@ class SpoolDirs(RootDirs):
         except (SsiError, OSError):
             return
         if all(digests.get(rel) == sha for rel, sha in sums.items()):
-            self._checked[name] = _fingerprint(path)
+            self._checked[name] = (_fingerprint(path), time.monotonic())
 
     def verify(self, name: str, path: Path) -> Manifest:
-        """manifest.verify(path), without hashing a copy checked on arrival and
-        untouched since. Blocks."""
-        fresh = self._checked.pop(name, None) == _fingerprint(path)
+        """manifest.verify(path), without hashing a copy checked on arrival less
+        than FRESH_FOR ago and untouched since. Blocks."""
+        fingerprint, at = self._checked.pop(name, (None, 0.0))
+        fresh = time.monotonic() - at < FRESH_FOR and fingerprint == _fingerprint(path)
         return mf.verify(path, digests=not fresh)

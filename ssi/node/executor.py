@@ -262,7 +262,6 @@ class Executor:
         finally:
             self._stopping.discard(job_id)
             self._after_dump(job_id, stopped)
-        dumped = time.monotonic() - started
         replicated: list[str] = []
         errors: list[str] = []
         if first is not None and not isinstance(copied, SsiError):
@@ -292,7 +291,7 @@ class Executor:
         return {
             "size": manifest.size,
             "seconds": time.monotonic() - started,
-            "dump_seconds": dumped,
+            "dump_seconds": manifest.dump_seconds,  # CRIU's part of "seconds"
             "replicated_to": replicated,
             "shared": self.shared is not None,
             "errors": errors,
