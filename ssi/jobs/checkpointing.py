@@ -244,14 +244,19 @@ def _stop_checkpointed(rt: JobRuntime, job: LocalJob) -> None:
 
 
 def restore(
-    rt: JobRuntime, job_id: str, ckpt: Path, lazy: _Lazy | None = None
+    rt: JobRuntime,
+    job_id: str,
+    ckpt: Path,
+    lazy: _Lazy | None = None,
+    checked: bool = False,
 ) -> LocalJob:
     """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
-    before CRIU reads anything), then CRIU; the init becomes our child, in the
-    job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
-    CriuError if CRIU fails (nothing of the job is left then)."""
+    before CRIU reads anything; only sizes if the caller `checked` the checksums
+    just now), then CRIU; the init becomes our child, in the job's cgroup, with the
+    PIDs inside unchanged. Conflict if the job runs here. CriuError if CRIU fails
+    (nothing of the job is left then)."""
     ckpt = Path(ckpt)
-    m = mf.verify(ckpt)
+    m = mf.verify(ckpt, digests=not checked)
     if m.job_id != job_id:
         raise BadRequest(f"checkpoint {ckpt} is of job {m.job_id}, not {job_id}")
     run_dir = rt.root / job_id

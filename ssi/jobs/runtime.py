@@ -573,12 +573,14 @@ class JobRuntime:
         confirms."""
         checkpointing.settle(self, self.job(job_id), moved)
 
-    def restore(self, job_id: str, ckpt: Path) -> LocalJob:
+    def restore(self, job_id: str, ckpt: Path, *, checked: bool = False) -> LocalJob:
         """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
         before CRIU reads anything), then CRIU; the init becomes our child, in the
         job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
-        CriuError if CRIU fails (nothing of the job is left then)."""
-        return checkpointing.restore(self, job_id, Path(ckpt))
+        CriuError if CRIU fails (nothing of the job is left then).
+        checked: the caller has just verified the checksums (sizes are checked
+        again, not the sha256 of every byte)."""
+        return checkpointing.restore(self, job_id, Path(ckpt), checked=checked)
 
     # -- forget ------------------------------------------------------------------------
 

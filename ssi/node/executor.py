@@ -314,7 +314,9 @@ class Executor:
         if body.lazy_from is not None:
             return await self._restore_live(body, local, started)
         images, fetched_from, problems = await self._usable_copy(local, body)
-        job = await asyncio.to_thread(self.runtime.restore, str(body.job), images)
+        job = await asyncio.to_thread(
+            self.runtime.restore, str(body.job), images, checked=True
+        )
         self._watch(job)
         if body.cleanup and images == local:
             shutil.rmtree(local, ignore_errors=True)
