@@ -331,6 +331,39 @@ def test_full_disk_fails_the_checkpoint_and_the_job_runs_on(
     assert "checkpoint failed" in cluster.call("node1", m.JobWhy(job=job_id))["reason"]
 
 
+def test_a_replica_out_of_space_passes_the_copy_on(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    """The copy follows CRIU to the first replica; when that one fails (its disk is
+    full) the next takes it; when none can, the checkpoint does not count and the
+    job runs on."""
+    job_id, out = counter(cluster, workdir, node="node1")
+    spool = {
+        n: cluster.node_dir(n) / "state" / "checkpoints" for n in cluster.node_names
+    }
+    tiny = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs"]
+    subprocess.run([*tiny, str(spool["node2"])], check=True)
+    try:
+        ckpt = cluster.call("node1", m.JobCheckpoint(job=job_id), timeout=120)
+        assert ckpt["holders"] == ["node1", "node3"]
+        assert "node2" in ckpt["info"]["errors"][0]
+        assert "space" in ckpt["info"]["errors"][0].lower()
+        assert (spool["node3"] / ckpt["id"] / "manifest.json").is_file()
+        assert list(spool["node2"].iterdir()) == []  # nothing half-copied left
+        subprocess.run([*tiny, str(spool["node3"])], check=True)
+        try:
+            with pytest.raises(SsiError, match="could not be copied"):
+                cluster.call("node1", m.JobCheckpoint(job=job_id), timeout=120)
+        finally:
+            subprocess.run(["umount", str(spool["node3"])], check=True)
+    finally:
+        subprocess.run(["umount", str(spool["node2"])], check=True)
+    n = len(read_ticks(out))
+    wait_for("still counting", lambda: len(read_ticks(out)) > n + 5, 10)
+    assert len(cluster.call("node1", m.JobCheckpoints(job=job_id))) == 1
+    assert [p.name for p in spool["node1"].iterdir()] == [ckpt["id"]]
+
+
 def test_other_users_jobs_are_not_yours(
     cluster: LocalSsiCluster, workdir: Path
 ) -> None:
