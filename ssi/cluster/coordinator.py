@@ -72,7 +72,7 @@ class Coordinator:
         self.peers = peers
         self.jobs = JobManager(cfg, store, events, peers)
         self.checkpoints = Checkpoints(self.jobs, events)
-        self.migrations = Migrations(self.jobs)
+        self.migrations = Migrations(self.jobs, events)
         self.handlers = {
             **self._handlers(),
             **self.jobs.handlers(),

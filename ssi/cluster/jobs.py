@@ -349,7 +349,7 @@ class JobManager:
         the meantime must not run twice."""
         body = env.body
         assert isinstance(body, m.JobsHere)
-        kill = []
+        kill, resume = [], []
         for job_id in body.running:
             job = self.store.job(job_id)
             if (
@@ -359,7 +359,9 @@ class JobManager:
                 or job.state is JobState.STOPPED
             ):
                 kill.append(job_id)
-        return {"kill": kill}
+            elif job.state is JobState.RUNNING and job.id not in self._busy:
+                resume.append(job_id)  # a move cut short may have left it frozen
+        return {"kill": kill, "resume": resume}
 
     def on_heartbeat_jobs(
         self,

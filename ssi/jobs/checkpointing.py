@@ -237,7 +237,12 @@ def _stop_checkpointed(rt: JobRuntime, job: LocalJob) -> None:
 
 
 def restore(
-    rt: JobRuntime, job_id: str, ckpt: Path, lazy: _Lazy | None = None
+    rt: JobRuntime,
+    job_id: str,
+    ckpt: Path,
+    lazy: _Lazy | None = None,
+    *,
+    frozen: bool = False,
 ) -> LocalJob:
     """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
     before CRIU reads anything), then CRIU; the init becomes our child, in the
@@ -265,7 +270,7 @@ def restore(
         rt._jobs[job_id] = job
     try:
         with job.lock:
-            _restore(rt, job, m, ckpt, lazy)
+            _restore(rt, job, m, ckpt, lazy, frozen)
     except BaseException:
         if lazy is not None and lazy.daemon is not None:
             lazy.daemon.kill()
@@ -305,7 +310,12 @@ def restore_lazy(
 
 
 def _restore(
-    rt: JobRuntime, job: LocalJob, m: Manifest, ckpt: Path, lazy: _Lazy | None = None
+    rt: JobRuntime,
+    job: LocalJob,
+    m: Manifest,
+    ckpt: Path,
+    lazy: _Lazy | None = None,
+    frozen: bool = False,
 ) -> None:
     job_id, rec = job.job_id, job.record
     run_dir = rt.root / job_id
@@ -347,7 +357,7 @@ def _restore(
         raise Internal(
             f"restored job {job_id} landed outside its cgroup {rec.cgroup}: {where}"
         )
-    if m.suspended:
+    if m.suspended or frozen:
         rt.cgroups.freeze(job_id)
         rec.state = JobState.SUSPENDED
     else:

@@ -564,12 +564,14 @@ class JobRuntime:
         confirms."""
         checkpointing.settle(self, self.job(job_id), moved)
 
-    def restore(self, job_id: str, ckpt: Path) -> LocalJob:
+    def restore(self, job_id: str, ckpt: Path, *, frozen: bool = False) -> LocalJob:
         """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
         before CRIU reads anything), then CRIU; the init becomes our child, in the
         job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
-        CriuError if CRIU fails (nothing of the job is left then)."""
-        return checkpointing.restore(self, job_id, Path(ckpt))
+        CriuError if CRIU fails (nothing of the job is left then).
+        frozen: leave it frozen (SUSPENDED) until resume() (a cold move's target
+        waits so for the coordinator's record)."""
+        return checkpointing.restore(self, job_id, Path(ckpt), frozen=frozen)
 
     # -- forget ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ssi.client import local_socket
 from ssi.jobs.cgroups import mounts
+from ssi.local import procs
 from ssi.local.cluster import RUN_DIR, LocalCluster, cleanup
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
@@ -163,6 +164,15 @@ class LocalSsiCluster:
             pass
         wait_for(f"ssid of {node} (pid {pid}) to exit", lambda: _gone(pid), timeout)
         self._save()
+
+    def kill_node(self, node: str, timeout: float = 10.0) -> set[int]:
+        """Kills every process in the node's network namespace at once (ssid, its
+        helpers, the jobs it runs), as a power cut would; returns their pids. The
+        namespace stays, so start(node) brings the node back."""
+        self.pids.pop(node, None)
+        self._save()
+        ns = procs.ns_id(self.topology.node(node).netns_path)
+        return procs.kill_all({ns}, timeout=timeout)
 
     def online(self) -> list[str]:
         nodes = self.call("node1", m.NodeList())

@@ -53,6 +53,7 @@ FORWARDED_OPS = Coordinator.OPS - {
     m.Heartbeat.op,
     m.JobEnded.op,
     m.JobsHere.op,
+    m.MigrationPhase.op,
     m.ClusterStatus.op,
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import time
@@ -25,6 +26,7 @@ from ssi.checkpoint import Criu, PageServer
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
 from ssi.migration import LiveSource, LiveTarget
+from ssi.migration.guard import RestoreGuard
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
@@ -80,6 +82,8 @@ class Executor:
         self._wake = asyncio.Event()
         self.job_probe = JobProbe()  # CPU demand, dirty rate: what balancing weighs
         self._tasks: list[asyncio.Task[None]] = []
+        self._reports: set[asyncio.Task[None]] = set()  # migration phases, sent aside
+        self.guard: RestoreGuard | None = None  # set by start()
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -91,11 +95,17 @@ class Executor:
             m.AgentForget.op: self.on_forget,
             m.AgentMigrateOut.op: self.on_migrate_out,
             m.AgentSettle.op: self.on_settle,
+            m.AgentKeep.op: self.on_keep,
         }
 
     # --- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.guard = await asyncio.to_thread(RestoreGuard)
+        # Images of moves cut short by our restart (no move survives it); no new
+        # one can reach us before bulk.start.
+        for stale in [*self.spool.glob("mig-*"), *self.spool.glob(".mig-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         await self.bulk.start()
         for job in await asyncio.to_thread(self.runtime.adopt):
             self._watch(job)
@@ -108,6 +118,8 @@ class Executor:
         for job in self.runtime.jobs():
             self._unwatch(job)
         await self.bulk.close()
+        if self.guard is not None:
+            await asyncio.to_thread(self.guard.close)
 
     async def reconcile(self) -> None:
         """After the coordinator welcomed us: jobs it moved away while we were out of
@@ -119,6 +131,12 @@ class Executor:
         for job_id in answer.get("kill", []):
             log.warning("job %s runs elsewhere now: killing this copy", job_id)
             await self._kill_and_forget(str(job_id))
+        for job_id in answer.get("resume", []):
+            # Frozen by a move cut short by our death (the guard froze the target's
+            # copy, or a source was held): the store says it runs here.
+            if self.runtime.cgroups.frozen(str(job_id)):
+                log.warning("job %s runs here but was frozen: resuming it", job_id)
+                await asyncio.to_thread(self.runtime.resume, str(job_id))
 
     async def _kill_and_forget(self, job_id: str) -> None:
         self._ended.pop(job_id, None)
@@ -291,10 +309,22 @@ class Executor:
         assert isinstance(body, m.AgentRestore)
         started = time.monotonic()
         local = self.spool / body.checkpoint
-        if body.lazy_from is not None:
-            return await self._restore_live(body, local, started)
-        fetched_from, problems = await self._usable_copy(local, body)
-        job = await asyncio.to_thread(self.runtime.restore, str(body.job), local)
+        job_id = str(body.job)
+        if body.cleanup:  # a move: its copy here must not outlive us unconfirmed
+            await asyncio.to_thread(self._guard().arm, self._freezer(job_id))
+        try:
+            if body.lazy_from is not None:
+                return await self._restore_live(body, local, started)
+            fetched_from, problems = await self._usable_copy(local, body)
+            # A move's copy waits frozen until the coordinator recorded it (keep).
+            job = await asyncio.to_thread(
+                functools.partial(
+                    self.runtime.restore, job_id, local, frozen=body.cleanup
+                )
+            )
+        except BaseException:
+            await self._disarm(job_id)  # nothing of it is left here
+            raise
         self._watch(job)
         if body.cleanup:
             shutil.rmtree(local, ignore_errors=True)
@@ -315,6 +345,7 @@ class Executor:
             LiveTarget.begin, self.runtime, str(body.job), local, source
         )
         self._watch(self.runtime.job(str(body.job)))
+        self._report_phase(body.job, body.checkpoint, "fetching-pages")
         report = await asyncio.to_thread(target.wait_pages)
         return {
             "pid": report.pid,
@@ -323,6 +354,32 @@ class Executor:
             "pages_seconds": report.pages_seconds,
             "page_bytes": report.page_bytes,
         }
+
+    def _guard(self) -> RestoreGuard:
+        if self.guard is None:
+            raise Unavailable(f"node {self.node}: the executor has not started")
+        return self.guard
+
+    def _freezer(self, job_id: str) -> Path:
+        return self.runtime.cgroups.freezer_dir(job_id)
+
+    async def _disarm(self, job_id: str) -> None:
+        await asyncio.to_thread(self._guard().disarm, self._freezer(job_id))
+
+    def _report_phase(self, job: int, migration: str, phase: str) -> None:
+        """Tell the coordinator, aside: the move never waits for its history."""
+
+        async def report() -> None:
+            with contextlib.suppress(SsiError):
+                await self.call_coordinator(
+                    m.MigrationPhase(
+                        job=job, migration=migration, node=self.node, phase=phase
+                    )
+                )
+
+        task = asyncio.get_running_loop().create_task(report())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _usable_copy(
         self, local: Path, body: m.AgentRestore
@@ -385,6 +442,7 @@ class Executor:
             self._after_dump(job_id, False)
             raise
         t1 = time.monotonic()
+        self._report_phase(body.job, body.migration, "sending")
         try:
             await send_dir(
                 bulk_endpoint(body.target),
@@ -411,7 +469,11 @@ class Executor:
     async def _settle(self, job_id: str, *, moved: bool) -> None:
         live = self._live.pop(job_id, None)
         if live is None:
-            await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
+            try:
+                await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
+            except Conflict:  # held by the ssid before us: its freeze outlived it
+                if not moved and self.runtime.cgroups.frozen(job_id):
+                    await asyncio.to_thread(self.runtime.resume, job_id)
         elif moved:
             await asyncio.to_thread(live.commit)
         else:
@@ -435,12 +497,26 @@ class Executor:
             self._stopping.discard(job_id)
         return {}
 
+    async def on_keep(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        """The coordinator recorded that the job moved here: it runs here for good
+        (a cold move's copy waited frozen for this)."""
+        body = env.body
+        assert isinstance(body, m.AgentKeep)
+        job_id = str(body.job)
+        if self.runtime.cgroups.frozen(job_id):
+            await asyncio.to_thread(self.runtime.resume, job_id)
+        await self._disarm(job_id)
+        return {}
+
     async def on_forget(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
         assert isinstance(body, m.AgentForget)
         job_id = str(body.job)
         if body.kill:
-            await self._kill_and_forget(job_id)
+            try:
+                await self._kill_and_forget(job_id)
+            finally:  # a move undone: nothing of it is left to guard
+                await self._disarm(job_id)
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")
