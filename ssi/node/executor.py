@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import shutil
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -106,10 +107,20 @@ class Executor:
         # one can reach us before bulk.start.
         for stale in [*self.spool.glob("mig-*"), *self.spool.glob(".mig-*")]:
             shutil.rmtree(stale, ignore_errors=True)
+        await asyncio.to_thread(self._unmount_cgroup_yards)
         await self.bulk.start()
         for job in await asyncio.to_thread(self.runtime.adopt):
             self._watch(job)
         self._tasks.append(asyncio.get_running_loop().create_task(self._report_ends()))
+
+    def _unmount_cgroup_yards(self) -> None:
+        """A CRIU killed mid-restore (its node lost power, or OOM) leaves its cgroup
+        yard mounted in the job's directory, which then cannot be removed."""
+        for yard in self.runtime.root.glob("*/.criu.cgyard.*"):
+            log.warning("unmounting %s, left by a CRIU killed midway", yard)
+            subprocess.run(["umount", "-R", "-l", str(yard)], capture_output=True)
+            with contextlib.suppress(OSError):
+                yard.rmdir()
 
     async def close(self) -> None:
         for t in self._tasks:
