@@ -359,8 +359,10 @@ class JobManager:
                 or job.state is JobState.STOPPED
             ):
                 kill.append(job_id)
-            elif job.state is JobState.RUNNING and job.id not in self._busy:
-                resume.append(job_id)  # a move cut short may have left it frozen
+            elif job.state is JobState.RUNNING:
+                # Frozen by a move its restart cut short: the target's copy (recorded
+                # here, agent.keep lost) or a source's (thawed by no settle).
+                resume.append(job_id)
         return {"kill": kill, "resume": resume}
 
     def on_heartbeat_jobs(

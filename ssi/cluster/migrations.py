@@ -86,10 +86,17 @@ class Migrations:
 
     async def on_node_event(self, event: NodeEvent) -> None:
         if event.kind in (NodeEventKind.LOST, NodeEventKind.EVICTED):
-            why = f"node {event.node} {event.kind.value} ({event.cause or '-'})"
-            for gone in self._gone.pop(event.node, []):
-                if not gone.done():
-                    gone.set_result(why)
+            self._cut(event.node, f"{event.kind.value} ({event.cause or '-'})")
+
+    def node_restarted(self, node: str) -> None:
+        """Its ssid restarted (a new boot in its hello) before it was declared lost:
+        the requests the last one had are gone with it."""
+        self._cut(node, "restarted")
+
+    def _cut(self, node: str, why: str) -> None:
+        for gone in self._gone.pop(node, []):
+            if not gone.done():
+                gone.set_result(f"node {node} {why}")
 
     async def _call(
         self, node: NodeRecord, body: m.Request[Any], *, timeout: float, cause: str
@@ -167,7 +174,8 @@ class Migrations:
                 timeout=MOVE_TIMEOUT,
                 cause=cause,
             )
-        except SsiError as e:  # the source thawed it: it runs on there
+        except SsiError as e:  # the source thawed it, unless its ssid died meanwhile
+            await self._undo(job, source, target, name)
             raise self._failed(job, target, "dump or transfer", e) from None
         t1 = time.monotonic()
         self._phase(job, "restoring", target.name, name)
@@ -237,8 +245,9 @@ class Migrations:
     async def _undo(
         self, job: JobRecord, source: NodeRecord, target: NodeRecord, name: str
     ) -> None:
-        """The target did not confirm: make sure it does not run the job, then let the
-        source go on."""
+        """The target did not confirm: make sure it does not run the job nor keep
+        its images, then let the source go on (a source whose ssid restarted
+        finds the job still frozen by the dump: settle thaws it)."""
         with contextlib.suppress(SsiError):  # if down, job.here kills its copy later
             await self._call(
                 target,

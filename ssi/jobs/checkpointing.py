@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -347,6 +348,8 @@ def _restore(
             manage_cgroups=CgroupMode.SOFT,
             cgroup_root=roots,
             lazy_pages=lazy is not None,
+            # Held for a commit: CRIU would let the job run before our freeze.
+            leave_stopped=frozen,
         ),
     )
     rec.init_pid = res.pid
@@ -357,7 +360,13 @@ def _restore(
         raise Internal(
             f"restored job {job_id} landed outside its cgroup {rec.cgroup}: {where}"
         )
-    if m.suspended or frozen:
+    if frozen:  # stopped by CRIU: frozen first, then continued into the freezer
+        rt.cgroups.freeze(job_id)
+        for pid in rt.cgroups.pids(job_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        rec.state = JobState.SUSPENDED
+    elif m.suspended:
         rt.cgroups.freeze(job_id)
         rec.state = JobState.SUSPENDED
     else:

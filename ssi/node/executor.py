@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import logging
 import shutil
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
 from ssi.migration import LiveSource, LiveTarget
 from ssi.migration.guard import RestoreGuard
+from ssi.node.held import held, resume_held, unmount_cgroup_yards
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
@@ -107,20 +107,11 @@ class Executor:
         # one can reach us before bulk.start.
         for stale in [*self.spool.glob("mig-*"), *self.spool.glob(".mig-*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        await asyncio.to_thread(self._unmount_cgroup_yards)
+        await asyncio.to_thread(unmount_cgroup_yards, self.runtime.root)
         await self.bulk.start()
         for job in await asyncio.to_thread(self.runtime.adopt):
             self._watch(job)
         self._tasks.append(asyncio.get_running_loop().create_task(self._report_ends()))
-
-    def _unmount_cgroup_yards(self) -> None:
-        """A CRIU killed mid-restore (its node lost power, or OOM) leaves its cgroup
-        yard mounted in the job's directory, which then cannot be removed."""
-        for yard in self.runtime.root.glob("*/.criu.cgyard.*"):
-            log.warning("unmounting %s, left by a CRIU killed midway", yard)
-            subprocess.run(["umount", "-R", "-l", str(yard)], capture_output=True)
-            with contextlib.suppress(OSError):
-                yard.rmdir()
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -145,9 +136,9 @@ class Executor:
         for job_id in answer.get("resume", []):
             # Frozen by a move cut short by our death (the guard froze the target's
             # copy, or a source was held): the store says it runs here.
-            if self.runtime.cgroups.frozen(str(job_id)):
-                log.warning("job %s runs here but was frozen: resuming it", job_id)
-                await asyncio.to_thread(self.runtime.resume, str(job_id))
+            if await asyncio.to_thread(held, self.runtime, str(job_id)):
+                log.warning("job %s runs here but was held: resuming it", job_id)
+                await self._resume_held(str(job_id))
 
     async def _kill_and_forget(self, job_id: str) -> None:
         self._ended.pop(job_id, None)
@@ -374,6 +365,9 @@ class Executor:
     def _freezer(self, job_id: str) -> Path:
         return self.runtime.cgroups.freezer_dir(job_id)
 
+    async def _resume_held(self, job_id: str) -> None:
+        await asyncio.to_thread(resume_held, self.runtime, job_id)
+
     async def _disarm(self, job_id: str) -> None:
         await asyncio.to_thread(self._guard().disarm, self._freezer(job_id))
 
@@ -483,8 +477,8 @@ class Executor:
             try:
                 await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
             except Conflict:  # held by the ssid before us: its freeze outlived it
-                if not moved and self.runtime.cgroups.frozen(job_id):
-                    await asyncio.to_thread(self.runtime.resume, job_id)
+                if not moved and await asyncio.to_thread(held, self.runtime, job_id):
+                    await self._resume_held(job_id)
         elif moved:
             await asyncio.to_thread(live.commit)
         else:
@@ -515,7 +509,7 @@ class Executor:
         assert isinstance(body, m.AgentKeep)
         job_id = str(body.job)
         if self.runtime.cgroups.frozen(job_id):
-            await asyncio.to_thread(self.runtime.resume, job_id)
+            await self._resume_held(job_id)
         await self._disarm(job_id)
         return {}
 
@@ -525,7 +519,8 @@ class Executor:
         job_id = str(body.job)
         if body.kill:
             try:
-                await self._kill_and_forget(job_id)
+                with contextlib.suppress(NotFound):  # never got here; images may have
+                    await self._kill_and_forget(job_id)
             finally:  # a move undone: nothing of it is left to guard
                 await self._disarm(job_id)
         for ckpt in body.checkpoints:

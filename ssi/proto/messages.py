@@ -217,6 +217,7 @@ class NodeHello(Request[Any], tag="node.hello"):
     address: str
     port: int
     resources: dict[str, Any]
+    boot: str = ""  # one per ssid run: a new one says requests to the last were lost
 
 
 class Heartbeat(Request[Any], tag="node.heartbeat"):
