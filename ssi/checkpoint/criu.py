@@ -122,6 +122,7 @@ class RestoreOptions:
     log_level: int = 4
     work_dir: str | None = None
     lazy_pages: bool = False  # pages come later from a lazy-pages daemon
+    leave_stopped: bool = False  # tasks left SIGSTOPped, not one instruction run
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +334,8 @@ class Criu:
             inh.fd = fd
         if o.lazy_pages:
             opts.lazy_pages = True
+        if o.leave_stopped:
+            opts.leave_stopped = True
         resp, path, log_path, seconds = self._run(
             "restore", "restore", req, images_dir, log_file, o.log_level, o.work_dir
         )

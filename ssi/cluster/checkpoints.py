@@ -300,6 +300,14 @@ class Checkpoints:
 
     async def _recover(self, job: JobRecord, event: NodeEvent) -> None:
         why = f"node {event.node} {event.kind.value} ({event.cause})"
+        # A move under way decides first where the job lives (it may have reached
+        # its target already); only a job still on the lost node is recovered.
+        while job.id in self.jobs._busy:
+            await asyncio.sleep(0.1)
+        current = self.store.job(job.id)
+        if current is None or current.node != event.node or not current.state.live:
+            return
+        job = current
         if not self.store.checkpoints(job.id):
             self.jobs._save(
                 job.but(

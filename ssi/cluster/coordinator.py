@@ -68,11 +68,12 @@ class Coordinator:
         self.self_key = self_key
         self.membership = Membership(cfg.cluster.heartbeat_timeout)
         self._keys: set[str] = set()
+        self._boots: dict[str, str] = {}  # node -> its ssid's run, from its hello
         self._task: asyncio.Task[None] | None = None
         self.peers = peers
         self.jobs = JobManager(cfg, store, events, peers)
         self.checkpoints = Checkpoints(self.jobs, events)
-        self.migrations = Migrations(self.jobs)
+        self.migrations = Migrations(self.jobs, events)
         self.handlers = {
             **self._handlers(),
             **self.jobs.handlers(),
@@ -210,6 +211,11 @@ class Coordinator:
         assert isinstance(body, m.NodeHello)
         rec = self._member(peer, body.name)
         returned = rec.state is NodeState.LOST
+        last_boot = self._boots.get(rec.name)
+        self._boots[rec.name] = body.boot
+        if last_boot is not None and last_boot != body.boot:
+            # Its ssid restarted: what we were waiting for from it will never come.
+            self.migrations.node_restarted(rec.name)
         rec = self._put(
             NodeRecord(
                 rec.name,

@@ -349,7 +349,7 @@ class JobManager:
         the meantime must not run twice."""
         body = env.body
         assert isinstance(body, m.JobsHere)
-        kill = []
+        kill, resume = [], []
         for job_id in body.running:
             job = self.store.job(job_id)
             if (
@@ -359,7 +359,11 @@ class JobManager:
                 or job.state is JobState.STOPPED
             ):
                 kill.append(job_id)
-        return {"kill": kill}
+            elif job.state is JobState.RUNNING:
+                # Frozen by a move its restart cut short: the target's copy (recorded
+                # here, agent.keep lost) or a source's (thawed by no settle).
+                resume.append(job_id)
+        return {"kill": kill, "resume": resume}
 
     def on_heartbeat_jobs(
         self,

@@ -1,13 +1,17 @@
 """Moving running jobs between nodes, as a transaction the coordinator drives:
 
     source: agent.migrate_out ── freeze, dump, push images ──▶ target's bulk socket
-    target: agent.restore(cleanup) ── verify, restore ──▶ confirmed
-    record: job.node = target (in the store first) ──▶ source: agent.settle(moved)
+    target: agent.restore(cleanup) ── verify, restore (cold: frozen) ──▶ confirmed
+    record: job.node = target (in the store first) ──▶ target: agent.keep
+                                                   ──▶ source: agent.settle(moved)
     any failure before the record ──▶ target forgets its copy, source thaws the job
 
 The job never runs twice: the source keeps it frozen until the target has confirmed
-and the store says where it lives; a node out of touch during the move learns on its
-return (job.here) which copies to kill. Every move is measured and recorded.
+and the store says where it lives; the target's copy freezes if its ssid dies before
+agent.keep (ssi.migration.guard); a node out of touch during the move learns on its
+return (job.here) which copies to kill and which to resume. A node lost during the
+move ends the call waiting on it at once. Phases (dumping, sending, restoring,
+fetching-pages) and every move's figures are recorded on the job's history.
 
 Users move jobs with `ssi migrate`; evictions evacuate a node; the policy's
 rebalancing rounds (MOSIX) move jobs to less loaded nodes.
@@ -21,10 +25,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
 from ssi.cluster.peers import endpoint
 from ssi.cluster.store import JobRecord, JobState, NodeRecord, NodeState
 from ssi.proto import messages as m
-from ssi.proto.errors import BadRequest, Conflict, SsiError
+from ssi.proto.errors import BadRequest, Conflict, NodeGone, SsiError
 
 if TYPE_CHECKING:
     from ssi.cluster.jobs import JobManager
@@ -39,13 +44,18 @@ class MigrationFailed(Conflict):
 
 
 class Migrations:
-    HANDLERS: ClassVar[dict[str, str]] = {m.JobMigrate.op: "on_migrate"}
+    HANDLERS: ClassVar[dict[str, str]] = {
+        m.JobMigrate.op: "on_migrate",
+        m.MigrationPhase.op: "on_phase",
+    }
     OPS = frozenset(HANDLERS)
 
-    def __init__(self, jobs: JobManager) -> None:
+    def __init__(self, jobs: JobManager, events: NodeEvents) -> None:
         self.jobs = jobs
         self.store = jobs.store
         self.peers = jobs.peers
+        self._gone: dict[str, list[asyncio.Future[str]]] = {}  # node -> its callers
+        events.subscribe("migrations", self.on_node_event)
 
     def handlers(self) -> dict[str, Any]:
         return {op: getattr(self, name) for op, name in self.HANDLERS.items()}
@@ -60,6 +70,56 @@ class Migrations:
         assert isinstance(body, m.JobMigrate)
         job = self.jobs._owned(env, body.job)
         return await self.migrate(job, body.node, cause=env.id, live=body.live)
+
+    async def on_phase(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.MigrationPhase)
+        job = self.store.job(body.job)
+        if job is not None and job.state is JobState.MIGRATING:  # late: dropped
+            self._phase(job, body.phase, body.node, body.migration)
+        return {}
+
+    def _phase(self, job: JobRecord, phase: str, node: str, name: str) -> None:
+        self.store.add_job_event(
+            job.id, "migration-phase", {"phase": phase, "node": node, "migration": name}
+        )
+
+    async def on_node_event(self, event: NodeEvent) -> None:
+        if event.kind in (NodeEventKind.LOST, NodeEventKind.EVICTED):
+            self._cut(event.node, f"{event.kind.value} ({event.cause or '-'})")
+
+    def node_restarted(self, node: str) -> None:
+        """Its ssid restarted (a new boot in its hello) before it was declared lost:
+        the requests the last one had are gone with it."""
+        self._cut(node, "restarted")
+
+    def _cut(self, node: str, why: str) -> None:
+        for gone in self._gone.pop(node, []):
+            if not gone.done():
+                gone.set_result(f"node {node} {why}")
+
+    async def _call(
+        self, node: NodeRecord, body: m.Request[Any], *, timeout: float, cause: str
+    ) -> Any:
+        """peers.call, cut short if the node is lost meanwhile: a dead ssid never
+        answers, and a move must not hang for MOVE_TIMEOUT on it."""
+        now = self.store.node(node.name)
+        if now is None or now.state is NodeState.LOST:
+            raise NodeGone(f"{body.op} to {node.name}: the node is lost")
+        gone: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._gone.setdefault(node.name, []).append(gone)
+        call = asyncio.ensure_future(
+            self.peers.call(node, body, timeout=timeout, cause=cause)
+        )
+        try:
+            await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if call.done():
+                return call.result()
+            raise NodeGone(f"{body.op} to {node.name} cut short: {gone.result()}")
+        finally:
+            call.cancel()
+            with contextlib.suppress(ValueError, KeyError):
+                self._gone[node.name].remove(gone)
 
     def _target(self, job: JobRecord, want: str) -> NodeRecord:
         if want in ("", "auto"):
@@ -104,8 +164,9 @@ class Migrations:
             job.but(state=JobState.MIGRATING), "migrating", to=target.name
         )
         t0 = time.monotonic()
+        self._phase(job, "dumping", source.name, name)
         try:
-            out = await self.peers.call(
+            out = await self._call(
                 source,
                 m.AgentMigrateOut(
                     job=job.id, migration=name, target=endpoint(target), live=live
@@ -113,11 +174,13 @@ class Migrations:
                 timeout=MOVE_TIMEOUT,
                 cause=cause,
             )
-        except SsiError as e:  # the source thawed it: it runs on there
+        except SsiError as e:  # the source thawed it, unless its ssid died meanwhile
+            await self._undo(job, source, target, name)
             raise self._failed(job, target, "dump or transfer", e) from None
         t1 = time.monotonic()
+        self._phase(job, "restoring", target.name, name)
         try:
-            restored = await self.peers.call(
+            restored = await self._call(
                 target,
                 m.AgentRestore(
                     job=job.id,
@@ -133,11 +196,27 @@ class Migrations:
             await self._undo(job, source, target, name)
             raise self._failed(job, target, "restore", e) from None
         t2 = time.monotonic()
+        # The commit point: once the store says the target, the target's copy runs
+        # (keep) and the source's dies (settle); before it, the source's may resume.
+        self.jobs._save(
+            job.but(
+                state=JobState.RUNNING,
+                node=target.name,
+                reason=f"migrated from {source.name} to {target.name}",
+            )
+        )
+        try:
+            await self._call(target, m.AgentKeep(job=job.id), timeout=30.0, cause=cause)
+        except SsiError as e:  # frozen there till its ssid's return (job.here resumes)
+            log.warning(
+                "job %d: target %s not told to keep it: %s", job.id, target.name, e
+            )
+        t3 = time.monotonic()  # a cold move's copy resumed on keep
         figures = {
             "from": source.name,
             "to": target.name,
             "mode": "live" if live else "cold",
-            "freeze_seconds": t2 - t0,
+            "freeze_seconds": t3 - t0,
             "dump_seconds": out["dump_seconds"],
             "transfer_seconds": out["transfer_seconds"],
             "restore_seconds": t2 - t1,
@@ -151,17 +230,9 @@ class Migrations:
                 pages_seconds=restored["pages_seconds"],
                 bytes=out["bytes"] + restored["page_bytes"],
             )
-        self.jobs._save(
-            job.but(
-                state=JobState.RUNNING,
-                node=target.name,
-                reason=f"migrated from {source.name} to {target.name}",
-            ),
-            "migrated",
-            **figures,
-        )
-        try:  # the store says where it lives: the frozen copy may go
-            await self.peers.call(
+        self.store.add_job_event(job.id, "migrated", figures)
+        try:  # the frozen copy on the source may go
+            await self._call(
                 source, m.AgentSettle(job=job.id, moved=True), timeout=60.0, cause=cause
             )
         except SsiError as e:  # it learns on its return (job.here) and kills it
@@ -174,17 +245,24 @@ class Migrations:
     async def _undo(
         self, job: JobRecord, source: NodeRecord, target: NodeRecord, name: str
     ) -> None:
-        """The target did not confirm: make sure it does not run the job, then let the
-        source go on."""
+        """The target did not confirm: make sure it does not run the job nor keep
+        its images, then let the source go on (a source whose ssid restarted
+        finds the job still frozen by the dump: settle thaws it)."""
         with contextlib.suppress(SsiError):  # if down, job.here kills its copy later
-            await self.peers.call(
+            await self._call(
                 target,
                 m.AgentForget(job=job.id, kill=True, checkpoints=[name]),
                 timeout=30.0,
+                cause="",
             )
-        await self.peers.call(
-            source, m.AgentSettle(job=job.id, moved=False), timeout=60.0
-        )
+        try:
+            await self._call(
+                source, m.AgentSettle(job=job.id, moved=False), timeout=60.0, cause=""
+            )
+        except SsiError as e:  # still frozen there: job.here resumes it on its return
+            log.warning(
+                "job %d: source %s not told to resume: %s", job.id, source.name, e
+            )
 
     def _failed(
         self, job: JobRecord, target: NodeRecord, phase: str, error: SsiError

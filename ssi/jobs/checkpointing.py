@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -248,7 +249,9 @@ def restore(
     job_id: str,
     ckpt: Path,
     lazy: _Lazy | None = None,
+    *,
     checked: bool = False,
+    frozen: bool = False,
 ) -> LocalJob:
     """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
     before CRIU reads anything; only sizes if the caller `checked` the checksums
@@ -277,7 +280,7 @@ def restore(
         rt._jobs[job_id] = job
     try:
         with job.lock:
-            _restore(rt, job, m, ckpt, lazy)
+            _restore(rt, job, m, ckpt, lazy, frozen)
     except BaseException:
         if lazy is not None and lazy.daemon is not None:
             lazy.daemon.kill()
@@ -317,7 +320,12 @@ def restore_lazy(
 
 
 def _restore(
-    rt: JobRuntime, job: LocalJob, m: Manifest, ckpt: Path, lazy: _Lazy | None = None
+    rt: JobRuntime,
+    job: LocalJob,
+    m: Manifest,
+    ckpt: Path,
+    lazy: _Lazy | None = None,
+    frozen: bool = False,
 ) -> None:
     job_id, rec = job.job_id, job.record
     run_dir = rt.root / job_id
@@ -349,6 +357,8 @@ def _restore(
             manage_cgroups=CgroupMode.SOFT,
             cgroup_root=roots,
             lazy_pages=lazy is not None,
+            # Held for a commit: CRIU would let the job run before our freeze.
+            leave_stopped=frozen,
         ),
     )
     rec.init_pid = res.pid
@@ -359,7 +369,13 @@ def _restore(
         raise Internal(
             f"restored job {job_id} landed outside its cgroup {rec.cgroup}: {where}"
         )
-    if m.suspended:
+    if frozen:  # stopped by CRIU: frozen first, then continued into the freezer
+        rt.cgroups.freeze(job_id)
+        for pid in rt.cgroups.pids(job_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        rec.state = JobState.SUSPENDED
+    elif m.suspended:
         rt.cgroups.freeze(job_id)
         rec.state = JobState.SUSPENDED
     else:

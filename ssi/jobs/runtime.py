@@ -573,14 +573,20 @@ class JobRuntime:
         confirms."""
         checkpointing.settle(self, self.job(job_id), moved)
 
-    def restore(self, job_id: str, ckpt: Path, *, checked: bool = False) -> LocalJob:
+    def restore(
+        self, job_id: str, ckpt: Path, *, checked: bool = False, frozen: bool = False
+    ) -> LocalJob:
         """Restore the job from a checkpoint: verify() it first (CorruptCheckpoint
         before CRIU reads anything), then CRIU; the init becomes our child, in the
         job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
         CriuError if CRIU fails (nothing of the job is left then).
         checked: the caller has just verified the checksums (sizes are checked
-        again, not the sha256 of every byte)."""
-        return checkpointing.restore(self, job_id, Path(ckpt), checked=checked)
+        again, not the sha256 of every byte).
+        frozen: leave it frozen (SUSPENDED) until resume() (a cold move's target
+        waits so for the coordinator's record)."""
+        return checkpointing.restore(
+            self, job_id, Path(ckpt), checked=checked, frozen=frozen
+        )
 
     # -- forget ------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ssi.client import local_socket
-from ssi.jobs.cgroups import mounts
+from ssi.jobs.cgroups import detect, mounts
+from ssi.local import procs
 from ssi.local.cluster import RUN_DIR, LocalCluster, cleanup
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
@@ -169,6 +170,15 @@ class LocalSsiCluster:
         wait_for(f"ssid of {node} (pid {pid}) to exit", lambda: _gone(pid), timeout)
         self._save()
 
+    def kill_node(self, node: str, timeout: float = 10.0) -> set[int]:
+        """Kills every process in the node's network namespace (ssid, its helpers,
+        the jobs it runs, frozen or not), as a power cut would; returns their pids.
+        The namespace stays, so start(node) brings the node back."""
+        self.stop(node, signal.SIGKILL, timeout)
+        kill_jobs(self.prefix, node)
+        ns = procs.ns_id(self.topology.node(node).netns_path)
+        return procs.kill_all({ns}, timeout=timeout)
+
     def online(self) -> list[str]:
         nodes = self.call("node1", m.NodeList())
         return sorted(n["name"] for n in nodes if n["state"] == "online")
@@ -200,6 +210,8 @@ class LocalSsiCluster:
                 self.stop(node)
             except SsiError:
                 self.stop(node, signal.SIGKILL)
+        for node in self.node_names:  # a frozen job (a move cut short) ignores KILL
+            kill_jobs(self.prefix, node)
         self.topology.down()  # also kills anything left in the namespaces
         remove_cgroups(self.prefix)
 
@@ -253,6 +265,16 @@ def _gone(pid: int) -> bool:
                 return f.read().rsplit(")", 1)[1].split()[0] == "Z"
         except FileNotFoundError:
             return True
+
+
+def kill_jobs(prefix: str, node: str) -> None:
+    """SIGKILLs every process in the node's job cgroups; frozen ones too (they die
+    once thawed, without running another instruction)."""
+    with contextlib.suppress(OSError):
+        cgroups = detect(f"ssi-{prefix}-{node}")
+        for job_id in cgroups.job_ids():
+            with contextlib.suppress(OSError):
+                cgroups.kill(job_id)
 
 
 def remove_cgroups(prefix: str) -> list[str]:

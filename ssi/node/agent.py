@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -53,6 +54,7 @@ FORWARDED_OPS = Coordinator.OPS - {
     m.Heartbeat.op,
     m.JobEnded.op,
     m.JobsHere.op,
+    m.MigrationPhase.op,
     m.ClusterStatus.op,
 }
 
@@ -84,6 +86,7 @@ class Agent:
         self.coordinator: Coordinator | None = None
         self.coord: RpcClient | None = None
         self.connected = False  # the coordinator has welcomed us since start
+        self.boot = uuid.uuid4().hex  # this run of ssid, as the coordinator knows it
         self.member_keys: set[str] = set()
         self.sampler = NodeSampler.default()
         self._members_tag: str | None = None  # the coordinator's, last seen
@@ -204,6 +207,7 @@ class Agent:
                         address=self.address,
                         port=self.cfg.node.port,
                         resources=node_resources(),
+                        boot=self.boot,
                     )
                     await self._call(hello, timeout=max(2.0, interval * 2))
                     self.connected = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import time
@@ -25,12 +26,14 @@ from ssi.checkpoint import Criu, PageServer
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
 from ssi.migration import LiveSource, LiveTarget
+from ssi.migration.guard import RestoreGuard
 from ssi.node.copying import (
     BULK_PORT_OFFSET,
     SpoolDirs,
     bulk_endpoint,
     checkpoint_copied,
 )
+from ssi.node.held import held, resume_held, unmount_cgroup_yards
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
@@ -86,6 +89,8 @@ class Executor:
         self._wake = asyncio.Event()
         self.job_probe = JobProbe()  # CPU demand, dirty rate: what balancing weighs
         self._tasks: list[asyncio.Task[None]] = []
+        self._reports: set[asyncio.Task[None]] = set()  # migration phases, sent aside
+        self.guard: RestoreGuard | None = None  # set by start()
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -97,11 +102,18 @@ class Executor:
             m.AgentForget.op: self.on_forget,
             m.AgentMigrateOut.op: self.on_migrate_out,
             m.AgentSettle.op: self.on_settle,
+            m.AgentKeep.op: self.on_keep,
         }
 
     # --- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.guard = await asyncio.to_thread(RestoreGuard)
+        # Images of moves cut short by our restart (no move survives it); no new
+        # one can reach us before bulk.start.
+        for stale in [*self.spool.glob("mig-*"), *self.spool.glob(".mig-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        await asyncio.to_thread(unmount_cgroup_yards, self.runtime.root)
         await self.bulk.start()
         for job in await asyncio.to_thread(self.runtime.adopt):
             self._watch(job)
@@ -114,6 +126,8 @@ class Executor:
         for job in self.runtime.jobs():
             self._unwatch(job)
         await self.bulk.close()
+        if self.guard is not None:
+            await asyncio.to_thread(self.guard.close)
 
     async def reconcile(self) -> None:
         """After the coordinator welcomed us: jobs it moved away while we were out of
@@ -125,6 +139,12 @@ class Executor:
         for job_id in answer.get("kill", []):
             log.warning("job %s runs elsewhere now: killing this copy", job_id)
             await self._kill_and_forget(str(job_id))
+        for job_id in answer.get("resume", []):
+            # Frozen by a move cut short by our death (the guard froze the target's
+            # copy, or a source was held): the store says it runs here.
+            if await asyncio.to_thread(held, self.runtime, str(job_id)):
+                log.warning("job %s runs here but was held: resuming it", job_id)
+                await self._resume_held(str(job_id))
 
     async def _kill_and_forget(self, job_id: str) -> None:
         self._ended.pop(job_id, None)
@@ -311,12 +331,26 @@ class Executor:
         assert isinstance(body, m.AgentRestore)
         started = time.monotonic()
         local = self.spool / body.checkpoint
-        if body.lazy_from is not None:
-            return await self._restore_live(body, local, started)
-        images, fetched_from, problems = await self._usable_copy(local, body)
-        job = await asyncio.to_thread(
-            self.runtime.restore, str(body.job), images, checked=True
-        )
+        job_id = str(body.job)
+        if body.cleanup:  # a move: its copy here must not outlive us unconfirmed
+            await asyncio.to_thread(self._guard().arm, self._freezer(job_id))
+        try:
+            if body.lazy_from is not None:
+                return await self._restore_live(body, local, started)
+            images, fetched_from, problems = await self._usable_copy(local, body)
+            # A move's copy waits frozen until the coordinator recorded it (keep).
+            job = await asyncio.to_thread(
+                functools.partial(
+                    self.runtime.restore,
+                    job_id,
+                    images,
+                    checked=True,
+                    frozen=body.cleanup,
+                )
+            )
+        except BaseException:
+            await self._disarm(job_id)  # nothing of it is left here
+            raise
         self._watch(job)
         if body.cleanup and images == local:
             shutil.rmtree(local, ignore_errors=True)
@@ -337,6 +371,7 @@ class Executor:
             LiveTarget.begin, self.runtime, str(body.job), local, source
         )
         self._watch(self.runtime.job(str(body.job)))
+        self._report_phase(body.job, body.checkpoint, "fetching-pages")
         report = await asyncio.to_thread(target.wait_pages)
         return {
             "pid": report.pid,
@@ -345,6 +380,35 @@ class Executor:
             "pages_seconds": report.pages_seconds,
             "page_bytes": report.page_bytes,
         }
+
+    def _guard(self) -> RestoreGuard:
+        if self.guard is None:
+            raise Unavailable(f"node {self.node}: the executor has not started")
+        return self.guard
+
+    def _freezer(self, job_id: str) -> Path:
+        return self.runtime.cgroups.freezer_dir(job_id)
+
+    async def _resume_held(self, job_id: str) -> None:
+        await asyncio.to_thread(resume_held, self.runtime, job_id)
+
+    async def _disarm(self, job_id: str) -> None:
+        await asyncio.to_thread(self._guard().disarm, self._freezer(job_id))
+
+    def _report_phase(self, job: int, migration: str, phase: str) -> None:
+        """Tell the coordinator, aside: the move never waits for its history."""
+
+        async def report() -> None:
+            with contextlib.suppress(SsiError):
+                await self.call_coordinator(
+                    m.MigrationPhase(
+                        job=job, migration=migration, node=self.node, phase=phase
+                    )
+                )
+
+        task = asyncio.get_running_loop().create_task(report())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _usable_copy(
         self, local: Path, body: m.AgentRestore
@@ -412,6 +476,7 @@ class Executor:
                 manifest = source.manifest
                 page_server = {"address": self.address, "port": source.port}
             else:  # the images go to the target as CRIU writes them
+                self._report_phase(body.job, body.migration, "sending")
                 manifest, copied = await checkpoint_copied(
                     self.runtime,
                     self.keypair,
@@ -428,6 +493,7 @@ class Executor:
         t1 = time.monotonic()
         try:
             if body.live:
+                self._report_phase(body.job, body.migration, "sending")
                 await send_dir(
                     bulk_endpoint(body.target),
                     body.target["key"],
@@ -457,7 +523,11 @@ class Executor:
     async def _settle(self, job_id: str, *, moved: bool) -> None:
         live = self._live.pop(job_id, None)
         if live is None:
-            await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
+            try:
+                await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
+            except Conflict:  # held by the ssid before us: its freeze outlived it
+                if not moved and await asyncio.to_thread(held, self.runtime, job_id):
+                    await self._resume_held(job_id)
         elif moved:
             await asyncio.to_thread(live.commit)
         else:
@@ -481,12 +551,27 @@ class Executor:
             self._stopping.discard(job_id)
         return {}
 
+    async def on_keep(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        """The coordinator recorded that the job moved here: it runs here for good
+        (a cold move's copy waited frozen for this)."""
+        body = env.body
+        assert isinstance(body, m.AgentKeep)
+        job_id = str(body.job)
+        if self.runtime.cgroups.frozen(job_id):
+            await self._resume_held(job_id)
+        await self._disarm(job_id)
+        return {}
+
     async def on_forget(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
         assert isinstance(body, m.AgentForget)
         job_id = str(body.job)
         if body.kill:
-            await self._kill_and_forget(job_id)
+            try:
+                with contextlib.suppress(NotFound):  # never got here; images may have
+                    await self._kill_and_forget(job_id)
+            finally:  # a move undone: nothing of it is left to guard
+                await self._disarm(job_id)
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")

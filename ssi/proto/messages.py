@@ -217,6 +217,7 @@ class NodeHello(Request[Any], tag="node.hello"):
     address: str
     port: int
     resources: dict[str, Any]
+    boot: str = ""  # one per ssid run: a new one says requests to the last were lost
 
 
 class Heartbeat(Request[Any], tag="node.heartbeat"):
@@ -428,6 +429,23 @@ class AgentSettle(Request[Any], tag="agent.settle"):
     moved: bool
 
 
+class AgentKeep(Request[Any], tag="agent.keep"):
+    """A migration's end on its target: the store says the job lives here now, so
+    its restored copy no longer freezes if this node's ssid dies."""
+
+    job: int
+
+
+class MigrationPhase(Request[Any], tag="job.migration_phase"):
+    """An agent taking part in a migration reports the phase it reached (sending,
+    fetching-pages); the coordinator adds it to the job's history."""
+
+    job: int
+    migration: str
+    node: str
+    phase: str
+
+
 class AgentForget(Request[Any], tag="agent.forget"):
     """Drop what the node keeps of a job (it ended, or runs elsewhere now)."""
 
@@ -446,7 +464,8 @@ class JobEnded(Request[Any], tag="job.ended"):
 
 class JobsHere(Request[Any], tag="job.here"):
     """An agent's account of its jobs after a (re)start: the coordinator answers with
-    the jobs this node must no longer run."""
+    the jobs this node must no longer run (kill) and those it runs for the cluster
+    (resume: thawed if found frozen by a migration cut short)."""
 
     node: str
     running: list[int]

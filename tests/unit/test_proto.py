@@ -66,6 +66,8 @@ SAMPLES: list[m.Request[Any]] = [
     m.JobMigrate(job=1, node="n2", live=False),
     m.AgentMigrateOut(job=1, migration="mig-1", target={"name": "n2"}),
     m.AgentSettle(job=1, moved=True),
+    m.AgentKeep(job=1),
+    m.MigrationPhase(job=1, migration="mig-1", node="n1", phase="sending"),
     m.PolicyList(),
     m.PolicyShow(),
     m.PolicySet(name="mosix", params={"interval": "2s"}),

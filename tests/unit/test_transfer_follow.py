@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_transfer_roundtrip import CLIENT, SMALL, run, serving, tree, wait_idle
 
 from ssi.proto.errors import BadRequest
 from ssi.transfer import ChecksumMismatch, Finished, send_following
-
-from test_transfer_roundtrip import CLIENT, SMALL, run, serving, tree, wait_idle
 
 MiB = 1 << 20
 PAGES = re.compile(r"^pages-\d+\.img$")
