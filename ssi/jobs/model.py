@@ -7,12 +7,20 @@ All are msgspec structs: they go to disk as JSON and over the wire as they are.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import signal
 
 import msgspec
 
 FORMAT = 1  # of job.json; a newer runtime reads older formats
+
+
+class NetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A job's network of its own (`--net private`): its namespace holds one
+    interface with `address`, on the cluster network, wherever the job runs."""
+
+    address: str
 
 
 class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -27,6 +35,7 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
       slurm-<id>.out). The same path for both shares one open file. All three, and
       cwd, are opened by the job's main process once it is the job's user, never by
       root on its behalf.
+    - net: None shares the node's network; a NetSpec gives the job its own.
     """
 
     argv: list[str]
@@ -39,6 +48,7 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stdin: str = "/dev/null"
     stdout: str = ""
     stderr: str = ""
+    net: NetSpec | None = None
 
     def check(self) -> None:
         """ValueError naming the first bad field."""
@@ -55,6 +65,13 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("a NUL byte in argv, env, cwd or a stdio path")
         if any("=" in k or not k for k in self.env):
             raise ValueError("env: a variable name is empty or holds '='")
+        if self.net is not None:
+            try:
+                ipaddress.IPv4Address(self.net.address)
+            except ValueError:
+                raise ValueError(
+                    f"net: {self.net.address!r} is no IPv4 address"
+                ) from None
 
 
 class JobState(enum.Enum):

@@ -41,11 +41,12 @@ import msgspec
 import kernel_shim
 from kernel_shim import NsType, PidFd
 from ssi.checkpoint import Criu, LazyDump, LazyPagesDaemon, PageServer
-from ssi.jobs import checkpointing, procfs
+from ssi.jobs import checkpointing, netjobs, procfs
 from ssi.jobs.cgroups import Cgroups, check_name, detect
 from ssi.jobs.local import LocalJob, read_status, readable, wait_readable, waitid
 from ssi.jobs.manifest import Manifest
 from ssi.jobs.model import ExitStatus, JobRecord, JobSpec, JobState, JobStats
+from ssi.net.jobnet import JobNetworks
 from ssi.proto.errors import BadRequest, Conflict, Internal, NotFound, Timeout
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,16 @@ class JobRuntime:
         status_dir: Path = DEFAULT_STATUS_DIR,
         init: Path | None = None,
         durable: bool = False,
+        networks: JobNetworks | None = None,
+        networks_problem: str = "",
     ) -> None:
         """root: this node's job directory. cgroups: default detect(cgroup_base).
         status_dir: where inits write their status files, and their cwd: the same
         path on every node of the cluster (a restored init keeps both).
         durable: fsync every checkpoint before it is reported (costs the whole
-        write-back: off by default, a checkpoint counts once it has a replica)."""
+        write-back: off by default, a checkpoint counts once it has a replica).
+        networks: the namespaces of `--net private` jobs (None: such jobs are
+        refused, for the reason networks_problem gives)."""
         self.root = Path(root)
         self.criu = criu
         self.node = node
@@ -94,6 +99,8 @@ class JobRuntime:
         self.status_dir = Path(status_dir)
         self.init = Path(init) if init is not None else init_binary()
         self.durable = durable
+        self.networks = networks
+        self.networks_problem = networks_problem
         if not os.access(self.init, os.X_OK):
             raise Internal(f"job init {self.init} is missing: run scripts/setup.sh")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -179,6 +186,7 @@ class JobRuntime:
         env.setdefault("PATH", DEFAULT_PATH)
         env["SSI_JOB_ID"] = job.job_id
         env.setdefault("SSI_JOB_NAME", spec.name or job.job_id)
+        netns = netjobs.create(self, job)  # None: the node's network
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         argv = [
@@ -200,6 +208,7 @@ class JobRuntime:
                 pid = kernel_shim.spawn(
                     argv,
                     namespaces=JOB_NAMESPACES,
+                    netns=netns,
                     hostname=_hostname(job.job_id, spec.name),
                     cwd=str(self.status_dir),
                     env=env,
@@ -259,6 +268,7 @@ class JobRuntime:
             if self.cgroups.pids(job_id):
                 self.cgroups.kill(job_id)
             self.cgroups.remove(job_id)
+        netjobs.remove(self, job_id)
         shutil.rmtree(self.root / job_id, ignore_errors=True)
 
     # -- adopt -------------------------------------------------------------------------
@@ -604,6 +614,7 @@ class JobRuntime:
                 for f in (job.record.status_file, job.record.status_file + ".tmp"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(f)
+            netjobs.remove(self, job_id)
             shutil.rmtree(self.root / job_id, ignore_errors=True)
             with self._lock:
                 self._jobs.pop(job_id, None)

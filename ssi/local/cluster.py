@@ -13,6 +13,7 @@ On-disk state, under RUN_DIR (/run/ssi-local):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -31,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from . import net, procs
-from .naming import NETNS_RUN_DIR, Naming
+from .naming import NETNS_RUN_DIR, Naming, node_of_netns
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,10 @@ class LocalCluster:
                 return n
         raise KeyError(f"no node {name!r} in local cluster {self.prefix!r}")
 
+    def job_netns_prefix(self, name: str) -> str:
+        """How the node's ssid names its jobs' network namespaces (+ job id)."""
+        return self._naming.job_netns_prefix(self._index(self.node(name)))
+
     def node_dir(self, name: str) -> Path:
         """A directory for the node's daemons (sockets, spool), removed by down()."""
         return self.state_dir / self.node(name).name
@@ -396,14 +401,21 @@ class LocalCluster:
         log.info("local.remove_node: %s %s", self.prefix, name)
 
     def _remove_node_locked(self, node: LocalNode, roots: set[int]) -> None:
-        try:
-            ids = {procs.ns_id(node.netns_path)}
-        except FileNotFoundError:
-            ids = set()
+        # The node's own namespace and its jobs' (a node lost takes its jobs along).
+        index = self._index(node)
+        names = [
+            n for n in net.owned_netns(self.prefix)
+            if node_of_netns(self.prefix, n) == index
+        ]  # fmt: skip
+        ids = set()
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                ids.add(procs.ns_id(os.path.join(NETNS_RUN_DIR, name)))
         procs.kill_all(ids, roots=roots)
         self._reap(list(roots))
-        net.remove_link(self._naming.veth(self._index(node)))
-        net.remove_netns(node.netns)
+        net.remove_link(self._naming.veth(index))
+        for name in names:
+            net.remove_netns(name)
         shutil.rmtree(self.state_dir / node.name, ignore_errors=True)
 
     def _require_up(self) -> None:

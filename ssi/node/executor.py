@@ -25,6 +25,7 @@ from ssi.checkpoint import Criu, PageServer
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
 from ssi.migration import LiveSource, LiveTarget
+from ssi.net.jobnet import JobNetworks
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
@@ -67,6 +68,7 @@ class Executor:
             Criu(resolve_criu(cfg)),
             self.node,
             cgroup_base=cfg.node.cgroup_base,
+            networks=JobNetworks(cfg.net.link, address, cfg.net.netns_prefix),
         )
         self.bulk = BulkServer(
             None,
