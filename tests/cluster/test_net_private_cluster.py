@@ -7,6 +7,7 @@ refusals: no pool, a full pool, a pool outside the nodes' subnet."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 
 from ssi.local.ssids import LocalSsiCluster
 from ssi.proto import messages as m
-from ssi.proto.errors import BadRequest, Conflict
+from ssi.proto.errors import BadRequest, Conflict, SsiError
 
 from .conftest import wait_for
 
@@ -247,3 +248,27 @@ def test_a_pool_outside_the_nodes_subnet_fails_the_start_and_says_why(
     reason = job(c, j["id"])["reason"]
     assert "outside the cluster network" in reason and "[net] pool" in reason
     assert job_namespaces(c, j["id"]) == []
+
+
+def test_a_failed_move_gives_the_job_its_network_back_on_its_node(
+    ssi_cluster: Callable[..., LocalSsiCluster], workdir: Path
+) -> None:
+    c = ssi_cluster(3)
+    job_id, address = submit_server(c, workdir, "node1")
+    client = Client(address)
+    client.start()
+    try:
+        keeps_talking(client)
+        c.stop("node2", signal.SIGKILL)  # still online for the coordinator a while
+        with pytest.raises(SsiError, match="node2 failed at dump or transfer"):
+            c.call("node1", m.JobMigrate(job=job_id, node="node2"), timeout=120)
+        keeps_talking(client)  # cut off from its dump on, then reconnected
+    finally:
+        client.stop.set()
+        client.join(10)
+    assert client.error == ""
+    assert [n for _, n in client.answers] == list(range(1, client.count() + 1))
+    j = job(c, job_id)
+    assert (j["node"], j["state"]) == ("node1", "running")
+    assert job_namespaces(c, job_id) == [f"{c.prefix}-node1-job{job_id}"]
+    assert probe_from(c, "node3", address) == 0
