@@ -28,7 +28,7 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     - argv: the command; argv[0] is looked up on env's PATH.
     - env: the job's whole environment; the runtime adds SSI_JOB_ID, SSI_JOB_NAME,
-      and PATH when missing.
+      SSI_JOB_ADDRESS (with net), and PATH when missing.
     - cwd: absolute; where the job starts and where relative stdio paths point.
     - stdin: a file to read ("/dev/null" by default). stdout, stderr: files appended
       to, created 0644; defaults <cwd>/ssi-<job_id>.out and .err (as Slurm's

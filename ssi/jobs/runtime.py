@@ -1,7 +1,8 @@
 """JobRuntime: the jobs of one node. Synchronous and thread-safe; CRIU calls block.
 
     start(id, spec) ──▶ cgroup <base>/<id> ──▶ spawn ssi-init (PID|IPC|UTS, the user,
-                        new session, no pdeathsig) ──▶ into the cgroup ──▶ "G" ──▶ CMD
+                        new session, no pdeathsig; with spec.net, into the job's own
+                        netns: netjobs.py) ──▶ into the cgroup ──▶ "G" ──▶ CMD
     LocalJob.pidfd readable ──▶ reap(id) ──▶ ExitStatus (the init's status file)
     checkpoint(id, dest) ──▶ freeze ──▶ CRIU dump ──▶ sha256 + manifest ──▶ rename
     restore(id, ckpt)    ──▶ verify ──▶ CRIU restore (our child) ──▶ same cgroup, PIDs
@@ -186,6 +187,8 @@ class JobRuntime:
         env.setdefault("PATH", DEFAULT_PATH)
         env["SSI_JOB_ID"] = job.job_id
         env.setdefault("SSI_JOB_NAME", spec.name or job.job_id)
+        if spec.net is not None:  # its own address, wherever it runs
+            env["SSI_JOB_ADDRESS"] = spec.net.address
         netns = netjobs.create(self, job)  # None: the node's network
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)

@@ -29,7 +29,8 @@ PORT = 7500
 # One thread per connection; each line "N" from the client is answered "N K", K
 # counting that connection's lines: a lost or repeated byte shows in K.
 SERVER = f"""
-import socket, threading
+import os, socket, threading
+print(os.environ["SSI_JOB_ADDRESS"], flush=True)
 def serve(c):
     k = 0
     f = c.makefile("rwb", buffering=0)
@@ -156,6 +157,7 @@ def test_connection_survives_cold_then_live_moves(
     c = ssi_cluster(3)
     job_id, address = submit_server(c, workdir, "node1")
     assert job_namespaces(c, job_id) == [f"{c.prefix}-node1-job{job_id}"]
+    assert (workdir / f"ssi-{job_id}.out").read_text() == address + "\n"
     client = Client(address)
     client.start()
     try:
