@@ -20,6 +20,7 @@ from ssi.checkpoint import NetworkLock
 from ssi.jobs.local import LocalJob
 from ssi.net.jobnet import EXTERNAL_KEY, JobNetworks, NetUnavailable
 from ssi.net.lock import LockError, criu_table
+from ssi.proto.errors import Internal
 
 if TYPE_CHECKING:
     from ssi.jobs.runtime import JobRuntime
@@ -42,7 +43,10 @@ def create(rt: JobRuntime, job: LocalJob) -> str | None:
     net = job.spec.net
     if net is None:
         return None
-    return networks(rt).create(job.job_id, net.address)
+    try:
+        return networks(rt).create(job.job_id, net.address)
+    except OSError as e:
+        raise Internal(f"cannot give job {job.job_id} its network: {e}") from None
 
 
 def dump_extras(job: LocalJob) -> dict[str, Any]:
@@ -91,12 +95,12 @@ def prepare_restore(rt: JobRuntime, job: LocalJob, images: Path) -> dict[str, An
         raise NetUnavailable(
             f"cannot restore the network of job {job.job_id}: {e}"
         ) from None
-    nets.create(job.job_id, net.address, lock_table=table)
     try:
+        nets.create(job.job_id, net.address, lock_table=table)
         fd = nets.hold(job.job_id)
-    except OSError:
+    except OSError as e:
         nets.remove(job.job_id)
-        raise
+        raise Internal(f"cannot give job {job.job_id} its network: {e}") from None
     return {"inherit_fd": ((EXTERNAL_KEY, fd),), "tcp_established": True}
 
 

@@ -48,13 +48,16 @@ class NetUnavailable(BadRequest):
 @contextlib.contextmanager
 def _ipr(netns_path: str | None = None) -> Iterator[Any]:
     """pyroute2 on this node's namespace, or on a job's through a netlink socket
-    made there (enter.rtnl_socket: pyroute2's own way forks the daemon)."""
+    made there (enter.rtnl_socket: pyroute2's own way forks the daemon). Its
+    NetlinkError comes out as OSError, as every failure here."""
     if netns_path is None:
         ipr = IPRoute()
     else:
         ipr = IPRoute(fileno=rtnl_socket(netns_path).detach())
     try:
         yield ipr
+    except NetlinkError as e:
+        raise OSError(e.code, f"netlink: {e}", netns_path or "this node") from None
     finally:
         ipr.close()
 
@@ -245,7 +248,11 @@ class JobNetworks:
         """Undo cut(): no CRIU lock left, link up, the default route back, and the
         cluster told."""
         side = self._node_side(address)
-        cleared = lock.clear(self.path(job_id))
+        try:
+            cleared = lock.clear(self.path(job_id))
+        except lock.LockError as e:  # the link matters more: go on
+            log.error("op=net.reconnect job=%s lock tables: %s", job_id, e)
+            cleared = []
         if cleared:
             log.warning("op=net.reconnect job=%s CRIU left %s", job_id, cleared)
         with _ipr(self.path(job_id)) as ipr:
@@ -253,7 +260,7 @@ class JobNetworks:
             if side.gateway:
                 try:
                     ipr.route("add", dst="default", gateway=side.gateway)
-                except NetlinkError as e:
+                except NetlinkError as e:  # EEXIST: still there
                     if e.code != errno.EEXIST:
                         raise
         self.announce(job_id, address)

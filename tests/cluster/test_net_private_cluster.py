@@ -177,7 +177,7 @@ def test_connection_survives_cold_then_live_moves(
     assert client.error == ""
     # Every answer in order, none lost or repeated, on one connection throughout.
     assert [n for _, n in client.answers] == list(range(1, client.count() + 1))
-    assert client.longest_pause() < 5.0
+    assert client.longest_pause() < 10.0  # TCP retransmits back off: 0.2 s, 0.4 s, ...
     j = job(c, job_id)
     assert (j["node"], j["state"]) == ("node3", "running")
     assert j["spec"]["net"]["address"] == address
