@@ -31,10 +31,7 @@ log = logging.getLogger(__name__)
 def networks(rt: JobRuntime) -> JobNetworks:
     """The node's job networks, or NetUnavailable saying why there are none."""
     if rt.networks is None:
-        raise NetUnavailable(
-            f"node {rt.node} cannot give jobs a network of their own: "
-            f"{rt.networks_problem or 'not configured'}"
-        )
+        raise NetUnavailable(f"node {rt.node} cannot give jobs a network of their own")
     return rt.networks
 
 

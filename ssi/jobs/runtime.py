@@ -84,7 +84,6 @@ class JobRuntime:
         init: Path | None = None,
         durable: bool = False,
         networks: JobNetworks | None = None,
-        networks_problem: str = "",
     ) -> None:
         """root: this node's job directory. cgroups: default detect(cgroup_base).
         status_dir: where inits write their status files, and their cwd: the same
@@ -92,7 +91,7 @@ class JobRuntime:
         durable: fsync every checkpoint before it is reported (costs the whole
         write-back: off by default, a checkpoint counts once it has a replica).
         networks: the namespaces of `--net private` jobs (None: such jobs are
-        refused, for the reason networks_problem gives)."""
+        refused)."""
         self.root = Path(root)
         self.criu = criu
         self.node = node
@@ -101,7 +100,6 @@ class JobRuntime:
         self.init = Path(init) if init is not None else init_binary()
         self.durable = durable
         self.networks = networks
-        self.networks_problem = networks_problem
         if not os.access(self.init, os.X_OK):
             raise Internal(f"job init {self.init} is missing: run scripts/setup.sh")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

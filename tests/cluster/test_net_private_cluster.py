@@ -1,8 +1,9 @@
 """`--net private` jobs on a real 3-node cluster: a job serving TCP keeps its address
-and a client's established connection across cold and live moves (the client sees
-its counter go on, no number lost or repeated), is reachable on its new node by
-new connections, and restarts from a stopping checkpoint with its listener. The
-refusals: no pool, a full pool, a pool outside the nodes' subnet."""
+and a client's established connection across a checkpoint and cold and live moves
+(the client sees its counter go on, no number lost or repeated), is reachable on
+its new node by new connections, restarts from a stopping checkpoint with its
+listener, and gets its network back when a move fails. The refusals: no pool, a
+full pool, a pool outside the nodes' subnet."""
 
 from __future__ import annotations
 
@@ -161,6 +162,8 @@ def test_connection_survives_cold_then_live_moves(
     client = Client(address)
     client.start()
     try:
+        keeps_talking(client)
+        c.call("node1", m.JobCheckpoint(job=job_id), timeout=120)  # it runs on
         keeps_talking(client)
         moved = c.call("node2", m.JobMigrate(job=job_id, node="node2"), timeout=120)
         assert (moved["from"], moved["to"], moved["mode"]) == ("node1", "node2", "cold")
