@@ -400,18 +400,26 @@ class LocalCluster:
             self._write_record()
         log.info("local.remove_node: %s %s", self.prefix, name)
 
-    def _remove_node_locked(self, node: LocalNode, roots: set[int]) -> None:
-        # The node's own namespace and its jobs' (a node lost takes its jobs along).
+    def _netns_of(self, node: LocalNode) -> list[str]:
+        """The node's namespace and its `--net private` jobs' (named by its ssid)."""
         index = self._index(node)
-        names = [
+        return [
             n for n in net.owned_netns(self.prefix)
             if node_of_netns(self.prefix, n) == index
         ]  # fmt: skip
+
+    def _netns_ids(self, names: list[str]) -> set[procs.NsId]:
         ids = set()
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 ids.add(procs.ns_id(os.path.join(NETNS_RUN_DIR, name)))
-        procs.kill_all(ids, roots=roots)
+        return ids
+
+    def _remove_node_locked(self, node: LocalNode, roots: set[int]) -> None:
+        # A node removed takes its jobs along, those in namespaces of their own too.
+        index = self._index(node)
+        names = self._netns_of(node)
+        procs.kill_all(self._netns_ids(names), roots=roots)
         self._reap(list(roots))
         net.remove_link(self._naming.veth(index))
         for name in names:
@@ -475,15 +483,12 @@ class LocalCluster:
             os.close(fd)
 
     def processes(self, node: str | None = None) -> set[int]:
-        """Live pids in one node's namespace, or in all of ours."""
+        """Live pids in one node's namespaces (its own and its jobs'), or in all
+        of ours."""
         nodes = [self.node(node)] if node is not None else self.nodes
-        ids = set()
-        for n in nodes:
-            try:
-                ids.add(procs.ns_id(n.netns_path))
-            except FileNotFoundError:
-                pass
-        return procs.pids_in(ids)
+        return procs.pids_in(
+            self._netns_ids([n for x in nodes for n in self._netns_of(x)])
+        )
 
     def __repr__(self) -> str:
         state = "up" if self._is_up else "down"

@@ -2,8 +2,9 @@
 and a client's established connection across a checkpoint and cold and live moves
 (the client sees its counter go on, no number lost or repeated), is reachable on
 its new node by new connections, restarts from a stopping checkpoint with its
-listener, and gets its network back when a move fails. The refusals: no pool, a
-full pool, a pool outside the nodes' subnet."""
+listener, gets its network back when a move fails, and comes back with its address
+when its node is lost. The refusals: no pool, a full pool, a pool outside the
+nodes' subnet."""
 
 from __future__ import annotations
 
@@ -277,3 +278,20 @@ def test_a_failed_move_gives_the_job_its_network_back_on_its_node(
     assert (j["node"], j["state"]) == ("node1", "running")
     assert job_namespaces(c, job_id) == [f"{c.prefix}-node1-job{job_id}"]
     assert probe_from(c, "node3", address) == 0
+
+
+def test_a_lost_nodes_job_restarts_elsewhere_with_its_address(
+    ssi_cluster: Callable[..., LocalSsiCluster], workdir: Path
+) -> None:
+    c = ssi_cluster(3)
+    job_id, address = submit_server(c, workdir, "node2")
+    c.call("node1", m.JobCheckpoint(job=job_id), timeout=120)
+    c.topology.remove_node("node2")  # the machine is gone, and its jobs with it
+    wait_for(
+        "the job running again elsewhere",
+        lambda: (j := job(c, job_id))["node"] != "node2" and j["state"] == "running",
+        30,
+    )
+    node = job(c, job_id)["node"]
+    wait_for(f"{address} to answer on {node}", lambda: probe_from_host(address), 20)
+    assert job_namespaces(c, job_id) == [f"{c.prefix}-{node}-job{job_id}"]
