@@ -31,6 +31,11 @@ class JobAddresses:
                 f"--net {body.net!r}: use host (the node's network) or private"
             )
         if body.net == "private":
+            if body.cluster_ipc:  # its interposer talks to @ssi-ipc of the node's netns
+                raise BadRequest(
+                    "--cluster-ipc and --net private do not go together yet: cluster "
+                    "IPC is served on the node's network namespace"
+                )
             self._pool()
 
     def _pool(self) -> AddressPool:

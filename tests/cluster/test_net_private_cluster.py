@@ -4,7 +4,7 @@ and a client's established connection across a checkpoint and cold and live move
 its new node by new connections, restarts from a stopping checkpoint with its
 listener, gets its network back when a move fails, and comes back with its address
 when its node is lost. The refusals: no pool, a full pool, a pool outside the
-nodes' subnet."""
+nodes' subnet, cluster IPC (served on the node's network namespace)."""
 
 from __future__ import annotations
 
@@ -230,6 +230,13 @@ def test_a_full_pool_refuses_and_an_ended_job_gives_its_address_back(
     ssi_cluster: Callable[..., LocalSsiCluster], workdir: Path
 ) -> None:
     c = ssi_cluster(1, net_pool="/30")  # two addresses
+    with pytest.raises(BadRequest, match="--cluster-ipc and --net private"):
+        c.call(
+            "node1",
+            m.JobSubmit(
+                argv=["true"], cwd=str(workdir), net="private", cluster_ipc=True
+            ),
+        )
     first, second = submit_private(c, workdir), submit_private(c, workdir)
     held = {first["spec"]["net"]["address"], second["spec"]["net"]["address"]}
     assert len(held) == 2
