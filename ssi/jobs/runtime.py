@@ -48,7 +48,14 @@ from ssi.jobs.local import LocalJob, read_status, readable, wait_readable, waiti
 from ssi.jobs.manifest import Manifest
 from ssi.jobs.model import ExitStatus, JobRecord, JobSpec, JobState, JobStats
 from ssi.net.jobnet import JobNetworks
-from ssi.proto.errors import BadRequest, Conflict, Internal, NotFound, Timeout
+from ssi.proto.errors import (
+    BadRequest,
+    Conflict,
+    Internal,
+    NotFound,
+    SsiError,
+    Timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -599,6 +606,10 @@ class JobRuntime:
                 if not readable(job.pidfd):
                     if not kill:
                         raise Conflict(f"job {job_id} is still running")
+                    # A copy killed here (its job lives on elsewhere, or never
+                    # will) must not reset the connections: cut it off first.
+                    with contextlib.suppress(OSError, SsiError):
+                        netjobs.cut(self, job)
                     with contextlib.suppress(OSError):
                         self.cgroups.kill(job_id)
                     wait_readable(job.pidfd, self.EXIT_TIMEOUT)
