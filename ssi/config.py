@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 
+from ssi.net.addresses import AddressPool
+
 DEFAULT_PATH = Path("/etc/ssi/ssi.toml")
 
 
@@ -57,11 +59,29 @@ class CriuConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     )
 
 
+class NetConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`--net private` jobs. pool: their addresses, a CIDR inside the nodes'
+    cluster subnet, handed out by the coordinator ("": such jobs are refused).
+    link: the node's interface on that subnet ("": the one holding its advertised
+    address). netns_prefix: their namespaces are /run/netns/<prefix><job id>."""
+
+    pool: str = ""
+    link: str = ""
+    netns_prefix: str = "ssi-job"
+
+    def __post_init__(self) -> None:
+        if self.pool:
+            AddressPool.parse(self.pool)  # PoolError is a ValueError: a bad setting
+        if not self.netns_prefix or "/" in self.netns_prefix:
+            raise ValueError(f"netns_prefix {self.netns_prefix!r}: a file name part")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     criu: CriuConfig = msgspec.field(default_factory=CriuConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    net: NetConfig = msgspec.field(default_factory=NetConfig)
 
     @property
     def socket_path(self) -> Path:

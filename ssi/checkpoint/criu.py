@@ -77,6 +77,15 @@ class CgroupMode(enum.Enum):
     STRICT = "STRICT"  # like FULL, and fail if a cgroup exists already
 
 
+class NetworkLock(enum.Enum):
+    """CRIU's --network-lock: how it stops a dumped namespace's traffic while its
+    TCP connections are dumped (nftables here: these machines have no iptables)."""
+
+    IPTABLES = "IPTABLES"
+    NFTABLES = "NFTABLES"
+    SKIP = "SKIP"  # the caller locks the network itself
+
+
 @dataclass(frozen=True, slots=True)
 class PageServer:
     """Where a dump sends its pages instead of the images dir (for migration, later)."""
@@ -96,6 +105,8 @@ class DumpOptions:
     manage_cgroups: CgroupMode = CgroupMode.SOFT
     freeze_cgroup: str | None = None  # freeze through this cgroup's freezer, not ptrace
     external: tuple[str, ...] = ()  # CRIU --external resources, e.g. "mnt[/x]:x"
+    tcp_established: bool = False  # dump established TCP connections (repair mode)
+    network_lock: NetworkLock | None = None  # None: CRIU's default (iptables)
     timeout: int | None = None  # seconds CRIU may spend freezing and collecting
     ghost_limit: int | None = None  # bytes of deleted-but-open files kept in images
     log_level: int = 4  # 0 (errors only) … 4 (debug); 4 costs a few ms and finds bugs
@@ -118,6 +129,7 @@ class RestoreOptions:
     cgroup_root: tuple[tuple[str, str], ...] = ()  # (controller or "", new root path)
     external: tuple[str, ...] = ()
     inherit_fd: tuple[tuple[str, int], ...] = ()  # (resource key, our fd) CRIU reuses
+    tcp_established: bool = False  # the images hold established TCP connections
     sibling: bool = True  # restored root becomes the caller's child (see module doc)
     log_level: int = 4
     work_dir: str | None = None
@@ -264,12 +276,14 @@ class Criu:
         opts = req.opts
         opts.pid = pid
         opts.leave_running = leave_running
-        opts.tcp_established = tcp_established
+        opts.tcp_established = tcp_established or o.tcp_established
         opts.file_locks = o.file_locks
         opts.ext_unix_sk = o.ext_unix_sk
         opts.shell_job = o.shell_job
         opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
         opts.external.extend(o.external)
+        if o.network_lock is not None:
+            opts.network_lock = rpc.criu_network_lock_method.Value(o.network_lock.value)
         if o.freeze_cgroup:
             opts.freeze_cgroup = o.freeze_cgroup
         if o.timeout is not None:
@@ -316,7 +330,7 @@ class Criu:
         req = rpc.criu_req()
         req.type = rpc.RESTORE
         opts = req.opts
-        opts.tcp_established = tcp_established
+        opts.tcp_established = tcp_established or o.tcp_established
         opts.file_locks = o.file_locks
         opts.ext_unix_sk = o.ext_unix_sk
         opts.shell_job = o.shell_job
@@ -337,7 +351,14 @@ class Criu:
         if o.leave_stopped:
             opts.leave_stopped = True
         resp, path, log_path, seconds = self._run(
-            "restore", "restore", req, images_dir, log_file, o.log_level, o.work_dir
+            "restore",
+            "restore",
+            req,
+            images_dir,
+            log_file,
+            o.log_level,
+            o.work_dir,
+            pass_fds=tuple(fd for _, fd in o.inherit_fd),
         )
         pid = int(resp.restore.pid)
         log.info("op=criu.restore dir=%s pid=%s took %.3fs", path, pid, seconds)
@@ -375,6 +396,9 @@ class Criu:
         opts.shell_job = o.shell_job
         opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
         opts.external.extend(o.external)
+        opts.tcp_established = o.tcp_established
+        if o.network_lock is not None:
+            opts.network_lock = rpc.criu_network_lock_method.Value(o.network_lock.value)
         if o.freeze_cgroup:
             opts.freeze_cgroup = o.freeze_cgroup
         if o.timeout is not None:
@@ -459,6 +483,7 @@ class Criu:
         log_file: str,
         log_level: int,
         work_dir: str | None,
+        pass_fds: tuple[int, ...] = (),
     ) -> tuple[Any, Path, Path, float]:
         if "/" in log_file:
             raise ValueError(f"log_file must be a bare file name, not {log_file!r}")
@@ -481,7 +506,7 @@ class Criu:
                 req.opts.work_dir_fd = wfd
                 log_path = Path(os.readlink(f"/proc/self/fd/{wfd}")) / log_file
             start = time.perf_counter()
-            resp = self._call(op, req)
+            resp = self._call(op, req, pass_fds)
             seconds = time.perf_counter() - start
         if not resp.success:
             if op == "restore" and resp.HasField("restore"):
@@ -497,8 +522,9 @@ class Criu:
             )
         return resp, path, log_path, seconds
 
-    def _call(self, op: str, req: Any) -> Any:
-        """One request to a fresh `criu swrk` and its answer.
+    def _call(self, op: str, req: Any, pass_fds: tuple[int, ...] = ()) -> Any:
+        """One request to a fresh `criu swrk` and its answer; `pass_fds` stay open
+        in CRIU under their numbers (inherit_fd).
 
         CRIU is started with kernel_shim.spawn (no os.fork of our threaded heap; in
         self.netns when set) on one end of a socketpair; pycriu talks on the other.
@@ -517,7 +543,7 @@ class Criu:
                     stdin=null,
                     stdout=null,
                     stderr=null,
-                    pass_fds=(theirs.fileno(),),
+                    pass_fds=(theirs.fileno(), *pass_fds),
                     new_session=False,
                 )
             except OSError as e:

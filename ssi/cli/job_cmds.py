@@ -95,6 +95,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="its System V IPC (msg*, sem*, shm*) uses cluster-wide objects",
     )
     s.add_argument(
+        "--net",
+        choices=("host", "private"),
+        default="host",
+        help="private: a network namespace and cluster address of its own, which "
+        "follow it when it moves (its TCP connections too); host: its node's",
+    )
+    s.add_argument(
         "argv",
         nargs=argparse.REMAINDER,
         metavar="-- CMD ARGS",
@@ -245,6 +252,7 @@ def cmd_submit(ctx: Ctx) -> int:
             hold=a.hold,
             ckpt_every=a.ckpt_every,
             cluster_ipc=a.cluster_ipc,
+            net="" if a.net == "host" else a.net,
         )
     )
     if not a.wait:
@@ -324,6 +332,7 @@ def cmd_show(ctx: Ctx) -> int:
         ("user", f"{job['user']} ({job['uid']})"),
         ("state", o.state(job["state"])),
         ("node", job["node"] or "-"),
+        ("address", (spec.get("net") or {}).get("address") or "its node's"),
         ("command", _short(shlex.join(spec["argv"]), 100)),
         ("cwd", spec["cwd"]),
         ("stdout", spec["stdout"]),

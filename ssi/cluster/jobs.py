@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from ssi.auth import is_admin
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
+from ssi.cluster.netpool import JobAddresses
 from ssi.cluster.peers import Peers
 from ssi.cluster.scheduling import Scheduling, check_request, request_text
 from ssi.cluster.store import (
@@ -82,6 +83,7 @@ class JobManager:
         self.store = store
         self.peers = peers
         self.scheduling = Scheduling(cfg, store)
+        self.addresses = JobAddresses(cfg, store)
         self.stats: dict[int, dict[str, Any]] = {}  # live figures from heartbeats
         self.load: dict[str, dict[str, float]] = {}
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -179,8 +181,11 @@ class JobManager:
         if body.node:
             self._node(body.node)
         check_request(request_text(body.require, body.node))
+        self.addresses.check(body)
 
-    def _record(self, job_id: int, body: m.JobSubmit, env: m.Envelope) -> JobRecord:
+    def _record(
+        self, job_id: int, body: m.JobSubmit, env: m.Envelope, address: str = ""
+    ) -> JobRecord:
         """A new job's record from what its submitter asked; uid and gid from the
         envelope, which the submitter's ssid filled from the socket's credentials."""
         assert env.uid is not None and env.gid is not None
@@ -205,6 +210,8 @@ class JobManager:
             "wall_limit": body.wall_limit,
             "cluster_ipc": body.cluster_ipc,
         }
+        if address:
+            spec["net"] = {"address": address}
         return JobRecord(
             job_id,
             name,
@@ -236,9 +243,13 @@ class JobManager:
             raise BadRequest("a job needs the submitter's uid and gid")
         for body in bodies:
             self._check(body)  # all or none: a bad one refuses the whole batch
+        addresses = self.addresses.assign(bodies)  # no await until they are stored
         ids = self.store.next_job_ids(len(bodies))
         jobs = self.store.put_jobs(
-            [self._record(i, b, env) for i, b in zip(ids, bodies, strict=True)]
+            [
+                self._record(i, b, env, a)
+                for i, b, a in zip(ids, bodies, addresses, strict=True)
+            ]
         )
         for job in jobs:
             if job.state is JobState.QUEUED:

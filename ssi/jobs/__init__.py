@@ -8,7 +8,8 @@ and restored with CRIU.
                          └─ adopt: job.json + cgroup scan + pidfds after an ssid restart
 
 model.py: JobSpec, ExitStatus, JobStats, JobRecord. errors.py: CorruptCheckpoint,
-CheckpointFailed. procfs.py: what /proc says about a job's processes.
+CheckpointFailed. procfs.py: what /proc says about a job's processes. netjobs.py:
+the network of a `--net private` job at each step (ssi.net does the work).
 """
 
 from ssi.jobs.errors import CheckpointFailed, CorruptCheckpoint

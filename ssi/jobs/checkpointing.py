@@ -38,6 +38,7 @@ from ssi.checkpoint import (
     RestoreOptions,
 )
 from ssi.jobs import manifest as mf
+from ssi.jobs import netjobs
 from ssi.jobs.cgroups import proc_cgroup
 from ssi.jobs.errors import CheckpointFailed
 from ssi.jobs.local import LocalJob, wait_readable
@@ -72,11 +73,14 @@ def checkpoint(
         was_suspended = job.state is JobState.SUSPENDED
         t0 = time.perf_counter()
         hasher: mf.TailHasher | None = None
+        cut = False
         try:
             tmp.mkdir(mode=0o700)
             if on_staging is not None:
                 on_staging(tmp)
             rt.cgroups.freeze(job_id)
+            if hold or not leave_running:  # it lives on elsewhere: cut it off here
+                cut = netjobs.cut(rt, job)
             hasher = mf.TailHasher(tmp)
             dumped = rt.criu.dump(
                 job.init_pid,
@@ -87,6 +91,7 @@ def checkpoint(
                     manage_cgroups=CgroupMode.SOFT,
                     # The log outlives a failed dump (its images are removed).
                     work_dir=str(rt.root / job_id),
+                    **netjobs.dump_extras(job),
                 ),
             )
             m = _manifest(
@@ -110,6 +115,8 @@ def checkpoint(
             if hasher is not None:
                 hasher.close()
             shutil.rmtree(tmp, ignore_errors=True)
+            if cut:
+                netjobs.reconnect(rt, job)
             if not was_suspended:
                 with contextlib.suppress(OSError):
                     rt.cgroups.thaw(job_id)
@@ -150,9 +157,11 @@ def checkpoint_lazy(
         version = rt.criu_version()
         was_suspended = job.state is JobState.SUSPENDED
         dump: LazyDump | None = None
+        cut = False
         try:
             dest.mkdir(mode=0o700)
             rt.cgroups.freeze(job_id)
+            cut = netjobs.cut(rt, job)
             dump = rt.criu.dump_lazy(
                 job.init_pid,
                 dest,
@@ -161,6 +170,7 @@ def checkpoint_lazy(
                     freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
                     manage_cgroups=CgroupMode.SOFT,
                     work_dir=str(rt.root / job_id),
+                    **netjobs.dump_extras(job),
                 ),
             )
             ready = dump.wait_ready(ready_timeout)
@@ -171,6 +181,8 @@ def checkpoint_lazy(
             if dump is not None and not dump.done:
                 dump.kill()
             shutil.rmtree(dest, ignore_errors=True)
+            if cut:
+                netjobs.reconnect(rt, job)
             if not was_suspended:
                 with contextlib.suppress(OSError):
                     rt.cgroups.thaw(job_id)
@@ -228,8 +240,10 @@ def settle(rt: JobRuntime, job: LocalJob, moved: bool) -> None:
         was_suspended, job.held_suspended = job.held_suspended, None
         if moved:
             _stop_checkpointed(rt, job)
-        elif not was_suspended:
-            rt.cgroups.thaw(job.job_id)
+        else:
+            netjobs.reconnect(rt, job)
+            if not was_suspended:
+                rt.cgroups.thaw(job.job_id)
     log.info("op=job.settle job=%s moved=%s", job.job_id, moved)
 
 
@@ -292,6 +306,7 @@ def restore(
         if old is None:
             rt._cleanup_failed(job_id)
         else:  # back to the record of the job that ended or left here
+            netjobs.remove(rt, job_id)
             with contextlib.suppress(OSError):
                 rt.cgroups.remove(job_id)
             run_dir.mkdir(mode=0o700, exist_ok=True)
@@ -346,6 +361,7 @@ def _restore(
     roots: tuple[tuple[str, str], ...] = ()
     if m.cgroup != rec.cgroup:
         roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
+    net = netjobs.prepare_restore(rt, job, ckpt)  # {}: on the node's network
     if lazy is not None:
         lazy.daemon = rt.criu.lazy_pages(
             ckpt, lazy.source.address, lazy.source.port, work_dir=str(run_dir)
@@ -359,8 +375,10 @@ def _restore(
             lazy_pages=lazy is not None,
             # Held for a commit: CRIU would let the job run before our freeze.
             leave_stopped=frozen,
+            **net,
         ),
     )
+    netjobs.restored(rt, job)
     rec.init_pid = res.pid
     job.pidfd = kernel_shim.pidfd_open(res.pid)
     if not rt.cgroups.contains(job_id, res.pid):

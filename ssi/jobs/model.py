@@ -7,6 +7,7 @@ All are msgspec structs: they go to disk as JSON and over the wire as they are.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import signal
 
@@ -15,18 +16,26 @@ import msgspec
 FORMAT = 1  # of job.json; a newer runtime reads older formats
 
 
+class NetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A job's network of its own (`--net private`): its namespace holds one
+    interface with `address`, on the cluster network, wherever the job runs."""
+
+    address: str
+
+
 class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What to run and how. Empty strings mean defaults.
 
     - argv: the command; argv[0] is looked up on env's PATH.
     - env: the job's whole environment; the runtime adds SSI_JOB_ID, SSI_JOB_NAME,
-      and PATH when missing.
+      SSI_JOB_ADDRESS (with net), and PATH when missing.
     - cwd: absolute; where the job starts and where relative stdio paths point.
     - stdin: a file to read ("/dev/null" by default). stdout, stderr: files appended
       to, created 0644; defaults <cwd>/ssi-<job_id>.out and .err (as Slurm's
       slurm-<id>.out). The same path for both shares one open file. All three, and
       cwd, are opened by the job's main process once it is the job's user, never by
       root on its behalf.
+    - net: None shares the node's network; a NetSpec gives the job its own.
     """
 
     argv: list[str]
@@ -39,6 +48,7 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stdin: str = "/dev/null"
     stdout: str = ""
     stderr: str = ""
+    net: NetSpec | None = None
 
     def check(self) -> None:
         """ValueError naming the first bad field."""
@@ -55,6 +65,13 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("a NUL byte in argv, env, cwd or a stdio path")
         if any("=" in k or not k for k in self.env):
             raise ValueError("env: a variable name is empty or holds '='")
+        if self.net is not None:
+            try:
+                ipaddress.IPv4Address(self.net.address)
+            except ValueError:
+                raise ValueError(
+                    f"net: {self.net.address!r} is no IPv4 address"
+                ) from None
 
 
 class JobState(enum.Enum):

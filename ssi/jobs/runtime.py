@@ -1,7 +1,8 @@
 """JobRuntime: the jobs of one node. Synchronous and thread-safe; CRIU calls block.
 
     start(id, spec) ──▶ cgroup <base>/<id> ──▶ spawn ssi-init (PID|IPC|UTS, the user,
-                        new session, no pdeathsig) ──▶ into the cgroup ──▶ "G" ──▶ CMD
+                        new session, no pdeathsig; with spec.net, into the job's own
+                        netns: netjobs.py) ──▶ into the cgroup ──▶ "G" ──▶ CMD
     LocalJob.pidfd readable ──▶ reap(id) ──▶ ExitStatus (the init's status file)
     checkpoint(id, dest) ──▶ freeze ──▶ CRIU dump ──▶ sha256 + manifest ──▶ rename
     restore(id, ckpt)    ──▶ verify ──▶ CRIU restore (our child) ──▶ same cgroup, PIDs
@@ -42,12 +43,20 @@ import msgspec
 import kernel_shim
 from kernel_shim import NsType, PidFd
 from ssi.checkpoint import Criu, LazyDump, LazyPagesDaemon, PageServer
-from ssi.jobs import checkpointing, procfs
+from ssi.jobs import checkpointing, netjobs, procfs
 from ssi.jobs.cgroups import Cgroups, check_name, detect
 from ssi.jobs.local import LocalJob, read_status, readable, wait_readable, waitid
 from ssi.jobs.manifest import Manifest
 from ssi.jobs.model import ExitStatus, JobRecord, JobSpec, JobState, JobStats
-from ssi.proto.errors import BadRequest, Conflict, Internal, NotFound, Timeout
+from ssi.net.jobnet import JobNetworks
+from ssi.proto.errors import (
+    BadRequest,
+    Conflict,
+    Internal,
+    NotFound,
+    SsiError,
+    Timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +91,15 @@ class JobRuntime:
         status_dir: Path = DEFAULT_STATUS_DIR,
         init: Path | None = None,
         durable: bool = False,
+        networks: JobNetworks | None = None,
     ) -> None:
         """root: this node's job directory. cgroups: default detect(cgroup_base).
         status_dir: where inits write their status files, and their cwd: the same
         path on every node of the cluster (a restored init keeps both).
         durable: fsync every checkpoint before it is reported (costs the whole
-        write-back: off by default, a checkpoint counts once it has a replica)."""
+        write-back: off by default, a checkpoint counts once it has a replica).
+        networks: the namespaces of `--net private` jobs (None: such jobs are
+        refused)."""
         self.root = Path(root)
         self.criu = criu
         self.node = node
@@ -95,6 +107,7 @@ class JobRuntime:
         self.status_dir = Path(status_dir)
         self.init = Path(init) if init is not None else init_binary()
         self.durable = durable
+        self.networks = networks
         if not os.access(self.init, os.X_OK):
             raise Internal(f"job init {self.init} is missing: run scripts/setup.sh")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -180,6 +193,9 @@ class JobRuntime:
         env.setdefault("PATH", DEFAULT_PATH)
         env["SSI_JOB_ID"] = job.job_id
         env.setdefault("SSI_JOB_NAME", spec.name or job.job_id)
+        if spec.net is not None:  # its own address, wherever it runs
+            env["SSI_JOB_ADDRESS"] = spec.net.address
+        netns = netjobs.create(self, job)  # None: the node's network
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         argv = [
@@ -201,6 +217,7 @@ class JobRuntime:
                 pid = kernel_shim.spawn(
                     argv,
                     namespaces=JOB_NAMESPACES,
+                    netns=netns,
                     hostname=_hostname(job.job_id, spec.name),
                     cwd=str(self.status_dir),
                     env=env,
@@ -260,6 +277,7 @@ class JobRuntime:
             if self.cgroups.pids(job_id):
                 self.cgroups.kill(job_id)
             self.cgroups.remove(job_id)
+        netjobs.remove(self, job_id)
         shutil.rmtree(self.root / job_id, ignore_errors=True)
 
     # -- adopt -------------------------------------------------------------------------
@@ -605,6 +623,10 @@ class JobRuntime:
                 if not readable(job.pidfd):
                     if not kill:
                         raise Conflict(f"job {job_id} is still running")
+                    # A copy killed here (its job lives on elsewhere, or never
+                    # will) must not reset the connections: cut it off first.
+                    with contextlib.suppress(OSError, SsiError):
+                        netjobs.cut(self, job)
                     with contextlib.suppress(OSError):
                         self.cgroups.kill(job_id)
                     wait_readable(job.pidfd, self.EXIT_TIMEOUT)
@@ -621,6 +643,7 @@ class JobRuntime:
                 for f in (job.record.status_file, job.record.status_file + ".tmp"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(f)
+            netjobs.remove(self, job_id)
             shutil.rmtree(self.root / job_id, ignore_errors=True)
             with self._lock:
                 self._jobs.pop(job_id, None)

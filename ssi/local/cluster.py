@@ -13,6 +13,7 @@ On-disk state, under RUN_DIR (/run/ssi-local):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -31,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from . import net, procs
-from .naming import NETNS_RUN_DIR, Naming
+from .naming import NETNS_RUN_DIR, Naming, node_of_netns
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,10 @@ class LocalCluster:
                 return n
         raise KeyError(f"no node {name!r} in local cluster {self.prefix!r}")
 
+    def job_netns_prefix(self, name: str) -> str:
+        """How the node's ssid names its jobs' network namespaces (+ job id)."""
+        return self._naming.job_netns_prefix(self._index(self.node(name)))
+
     def node_dir(self, name: str) -> Path:
         """A directory for the node's daemons (sockets, spool), removed by down()."""
         return self.state_dir / self.node(name).name
@@ -395,15 +400,30 @@ class LocalCluster:
             self._write_record()
         log.info("local.remove_node: %s %s", self.prefix, name)
 
+    def _netns_of(self, node: LocalNode) -> list[str]:
+        """The node's namespace and its `--net private` jobs' (named by its ssid)."""
+        index = self._index(node)
+        return [
+            n for n in net.owned_netns(self.prefix)
+            if node_of_netns(self.prefix, n) == index
+        ]  # fmt: skip
+
+    def _netns_ids(self, names: list[str]) -> set[procs.NsId]:
+        ids = set()
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                ids.add(procs.ns_id(os.path.join(NETNS_RUN_DIR, name)))
+        return ids
+
     def _remove_node_locked(self, node: LocalNode, roots: set[int]) -> None:
-        try:
-            ids = {procs.ns_id(node.netns_path)}
-        except FileNotFoundError:
-            ids = set()
-        procs.kill_all(ids, roots=roots)
+        # A node removed takes its jobs along, those in namespaces of their own too.
+        index = self._index(node)
+        names = self._netns_of(node)
+        procs.kill_all(self._netns_ids(names), roots=roots)
         self._reap(list(roots))
-        net.remove_link(self._naming.veth(self._index(node)))
-        net.remove_netns(node.netns)
+        net.remove_link(self._naming.veth(index))
+        for name in names:
+            net.remove_netns(name)
         shutil.rmtree(self.state_dir / node.name, ignore_errors=True)
 
     def _require_up(self) -> None:
@@ -463,15 +483,12 @@ class LocalCluster:
             os.close(fd)
 
     def processes(self, node: str | None = None) -> set[int]:
-        """Live pids in one node's namespace, or in all of ours."""
+        """Live pids in one node's namespaces (its own and its jobs'), or in all
+        of ours."""
         nodes = [self.node(node)] if node is not None else self.nodes
-        ids = set()
-        for n in nodes:
-            try:
-                ids.add(procs.ns_id(n.netns_path))
-            except FileNotFoundError:
-                pass
-        return procs.pids_in(ids)
+        return procs.pids_in(
+            self._netns_ids([n for x in nodes for n in self._netns_of(x)])
+        )
 
     def __repr__(self) -> str:
         state = "up" if self._is_up else "down"

@@ -23,6 +23,7 @@ NETNS_RUN_DIR = "/run/netns"
 
 _PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _NODE_RE = re.compile(r"node([1-9][0-9]*)")
+_JOB_NETNS_RE = re.compile(r"node([1-9][0-9]*)-job[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ class Naming:
     def netns_path(self, index: int) -> str:
         return f"{NETNS_RUN_DIR}/{self.netns(index)}"
 
+    def job_netns_prefix(self, index: int) -> str:
+        """What node `index`'s ssid names its `--net private` jobs' namespaces by
+        ([net] netns_prefix): "ssi-node3-job" + the job id."""
+        return f"{self.netns(index)}-job"
+
     def veth(self, index: int) -> str:
         return f"{self.prefix}-v{index}"
 
@@ -104,9 +110,20 @@ class Naming:
 
 
 def owns_netns(prefix: str, name: str) -> bool:
-    """Whether a namespace name is one a cluster with this prefix makes."""
+    """Whether a namespace name is one a cluster with this prefix makes: a node's,
+    or one of its jobs' (made by the node's ssid)."""
     rest = _strip(prefix, name)
-    return rest is not None and _NODE_RE.fullmatch(rest) is not None
+    return rest is not None and (
+        _NODE_RE.fullmatch(rest) is not None
+        or _JOB_NETNS_RE.fullmatch(rest) is not None
+    )
+
+
+def node_of_netns(prefix: str, name: str) -> int | None:
+    """The node index a namespace of ours belongs to (node's or job's), else None."""
+    rest = _strip(prefix, name)
+    m = None if rest is None else _NODE_RE.match(rest)
+    return int(m.group(1)) if m and owns_netns(prefix, name) else None
 
 
 def owns_link(prefix: str, name: str) -> bool:

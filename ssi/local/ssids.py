@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import signal
@@ -64,9 +65,14 @@ class LocalSsiCluster:
         heartbeat_timeout: float = 6.0,
         log_level: str = "info",
         shared_spool: bool = False,
+        net_pool: str | None = None,
     ) -> None:
+        """net_pool: the [net] pool of `--net private` jobs; None: a quarter of
+        the subnet (see job_pool); "/N": the first /N of that quarter; "": none
+        (such jobs are refused)."""
         self.prefix = prefix
         self.shared_spool = shared_spool  # one checkpoint directory for all nodes
+        self.net_pool = net_pool
         self.topology = LocalCluster(size, prefix=prefix, subnet=subnet)
         self.port = port
         self.heartbeat = (heartbeat_interval, heartbeat_timeout)
@@ -95,6 +101,19 @@ class LocalSsiCluster:
 
     def log_path(self, node: str) -> Path:
         return self.node_dir(node) / "ssid.log"
+
+    @property
+    def job_pool(self) -> str:
+        """The addresses of `--net private` jobs: net_pool, by default the third
+        quarter of the subnet (10.87.0.128/26 of a /24), clear of the nodes (low)
+        and of the host (high)."""
+        if self.net_pool is not None and not self.net_pool.startswith("/"):
+            return self.net_pool
+        subnet = ipaddress.IPv4Network(self.topology.subnet)
+        quarter = list(subnet.subnets(prefixlen_diff=2))[2]
+        if self.net_pool:
+            return str(next(quarter.subnets(new_prefix=int(self.net_pool[1:]))))
+        return str(quarter)
 
     @property
     def node_names(self) -> list[str]:
@@ -126,7 +145,9 @@ class LocalSsiCluster:
             f"{shared_line}\n"
             f"[cluster]\nheartbeat_interval = {interval}\n"
             f"heartbeat_timeout = {timeout}\n\n"
-            "[scheduler]\nshared_host = true\n"
+            "[scheduler]\nshared_host = true\n\n"
+            f'[net]\npool = "{self.job_pool}"\n'
+            f'netns_prefix = "{self.topology.job_netns_prefix(node)}"\n'
         )
         return cfg
 

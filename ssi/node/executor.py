@@ -27,6 +27,7 @@ from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
 from ssi.migration import LiveSource, LiveTarget
 from ssi.migration.guard import RestoreGuard
+from ssi.net.jobnet import JobNetworks
 from ssi.node.copying import (
     BULK_PORT_OFFSET,
     SpoolDirs,
@@ -76,6 +77,7 @@ class Executor:
             Criu(resolve_criu(cfg)),
             self.node,
             cgroup_base=cfg.node.cgroup_base,
+            networks=JobNetworks(cfg.net.link, address, cfg.net.netns_prefix),
         )
         self.bulk = BulkServer(
             None,

@@ -293,6 +293,7 @@ class JobSubmit(Request[Any], tag="job.submit"):
     wall_limit: float = 0.0  # seconds of wall-clock time before it is killed; 0: none
     cluster_ipc: bool = False  # its System V IPC goes to cluster objects (ssi.ipc)
     session: str = ""  # a DRMAA session (contact) the job belongs to
+    net: str = ""  # "private": a network namespace and cluster address of its own
 
 
 class JobSubmitBatch(Request[Any], tag="job.submit_batch"):
