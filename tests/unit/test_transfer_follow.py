@@ -11,12 +11,21 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_transfer_roundtrip import CLIENT, SMALL, run, serving, tree, wait_idle
+from test_transfer_roundtrip import (
+    CLIENT,
+    SMALL,
+    Env,
+    run,
+    serving,
+    tree,
+    wait_idle,
+)
 
 from ssi.proto.errors import BadRequest
-from ssi.transfer import ChecksumMismatch, Finished, send_following
+from ssi.transfer import ChecksumMismatch, Finished, TransferStats, send_following
 
 MiB = 1 << 20
 PAGES = re.compile(r"^pages-\d+\.img$")
@@ -47,6 +56,20 @@ def digests(root: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
 
 
+def following(
+    env: Env, staging: Path, name: str, **kw: Any
+) -> tuple[asyncio.Future[Finished], asyncio.Task[TransferStats]]:
+    """A send_following of `staging` under way, and the future that ends it."""
+    done: asyncio.Future[Finished] = asyncio.get_running_loop().create_future()
+    send = asyncio.create_task(
+        send_following(
+            env.endpoint, env.key, CLIENT, staging, grows, done, name,
+            options=SMALL, **kw,
+        )
+    )  # fmt: skip
+    return done, send
+
+
 def test_a_growing_directory_arrives_whole(tmp_path: Path) -> None:
     staging, final = tmp_path / ".dump.partial", tmp_path / "dump"
     staging.mkdir()
@@ -54,22 +77,17 @@ def test_a_growing_directory_arrives_whole(tmp_path: Path) -> None:
 
     async def main() -> None:
         env = await serving(tmp_path)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Finished] = loop.create_future()
+        finished = False
 
         def progress(n: int, _total: int | None) -> None:
-            if not done.done():
+            if not finished:
                 seen_before_done.append(n)
 
         try:
-            send = asyncio.create_task(
-                send_following(
-                    env.endpoint, env.key, CLIENT, staging, grows, done, "ckpt-1",
-                    progress=progress, options=SMALL,
-                )
-            )  # fmt: skip
+            done, send = following(env, staging, "ckpt-1", progress=progress)
             await asyncio.to_thread(write_slowly, staging, 60, threading.Event())
             os.rename(staging, final)  # the writer renames when whole, as ours does
+            finished = True
             done.set_result(Finished(final, digests(final)))
             stats = await send
             assert stats.files == 4
@@ -88,14 +106,8 @@ def test_a_failed_writer_leaves_nothing(tmp_path: Path) -> None:
 
     async def main() -> None:
         env = await serving(tmp_path)
-        done: asyncio.Future[Finished] = asyncio.get_running_loop().create_future()
         try:
-            send = asyncio.create_task(
-                send_following(
-                    env.endpoint, env.key, CLIENT, staging, grows, done, "ckpt-2",
-                    options=SMALL,
-                )
-            )  # fmt: skip
+            done, send = following(env, staging, "ckpt-2")
             stop = threading.Event()
             stop.set()
             with pytest.raises(RuntimeError, match="told to stop"):
@@ -120,14 +132,8 @@ def test_digests_are_checked_end_to_end(tmp_path: Path, lie: str) -> None:
 
     async def main() -> None:
         env = await serving(tmp_path)
-        done: asyncio.Future[Finished] = asyncio.get_running_loop().create_future()
         try:
-            send = asyncio.create_task(
-                send_following(
-                    env.endpoint, env.key, CLIENT, staging, grows, done, "ckpt-3",
-                    options=SMALL,
-                )
-            )  # fmt: skip
+            done, send = following(env, staging, "ckpt-3")
             await asyncio.to_thread(write_slowly, staging, 10, threading.Event())
             sums = digests(staging)
             if lie == "wrong":
