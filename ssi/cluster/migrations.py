@@ -150,6 +150,7 @@ class Migrations:
                 restore_seconds=restored["restore_seconds"],
                 pages_seconds=restored["pages_seconds"],
                 bytes=out["bytes"] + restored["page_bytes"],
+                page_bytes=restored["page_bytes"],
             )
         self.jobs._save(
             job.but(

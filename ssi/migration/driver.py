@@ -233,7 +233,7 @@ class LiveTarget:
             pid=self.pid,
             restore_seconds=self.restore_seconds,
             pages_seconds=time.perf_counter() - self.began,
-            page_bytes=_page_bytes(self.daemon.log_path),
+            page_bytes=page_bytes(self.daemon.log_path),
         )
         log.info("op=migrate.live.pages job=%s %s", self.job_id, report)
         return report
@@ -248,7 +248,7 @@ class LiveTarget:
         log.info("op=migrate.live.target_abort job=%s", self.job_id)
 
 
-def _page_bytes(log_path: Path) -> int:
+def page_bytes(log_path: Path) -> int:
     """Bytes the lazy-pages daemon copied in, from its log (one line per process)."""
     try:
         text = log_path.read_text(errors="replace")
