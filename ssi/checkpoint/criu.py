@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno as _errno
+import ipaddress
 import logging
 import os
 import re
@@ -43,6 +44,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,17 +351,23 @@ class Criu:
         images_dir: str | os.PathLike[str],
         port: int,
         *,
+        address: str | None = None,
+        on_ready: Callable[[], None] | None = None,
         log_file: str = "dump.log",
         options: DumpOptions | None = None,
     ) -> LazyDump:
         """Start a post-copy dump of the tree rooted at `pid`: CRIU writes every image
-        but the memory pages to images_dir, then serves the pages on TCP `port` (all
-        addresses of CRIU's network namespace: CRIU's RPC ignores the address of a
-        lazy dump) to one `criu lazy-pages` daemon, and ends once it has them all.
+        but the memory pages to images_dir, then serves the pages on TCP
+        `address`:`port` (an IP address of CRIU's network namespace; None: all of
+        them) to the first `criu lazy-pages` daemon that connects, and ends once it
+        has them all. ValueError if `address` is no IP address.
 
         Returns at once; LazyDump.wait_ready() says when the images are whole and the
-        page server listens. The tree is left running at the end (leave_running):
-        the caller holds it frozen through its cgroup and kills it once moved.
+        page server listens. on_ready() is called (from another thread) at that
+        moment, while CRIU still holds the tree stopped; if it raises, the dump
+        fails. The tree is left running at the end (leave_running): the caller
+        holds it frozen through its cgroup (freezing it from on_ready keeps it
+        stopped from CRIU's seizure on) and kills it once moved.
         """
         o = options or DumpOptions()
         req = rpc.criu_req()
@@ -382,8 +390,11 @@ class Criu:
         opts.log_file = log_file
         opts.log_level = o.log_level
         path = Path(images_dir)
-        log_path = Path(o.work_dir or path) / log_file
-        return LazyDump(self, req, path, log_path, o.work_dir, port)
+        work = Path(o.work_dir or path)
+        if address is not None:
+            opts.config_file = str(_listen_config(work, address))
+        log_path = work / log_file
+        return LazyDump(self, req, path, log_path, o.work_dir, port, on_ready)
 
     def lazy_pages(
         self,
@@ -626,6 +637,18 @@ def _stats(path: Path, kind: str) -> dict[str, int]:
         return {}
 
 
+def _listen_config(work_dir: Path, address: str) -> Path:
+    """A CRIU RPC configuration file that makes a lazy dump's page server listen on
+    `address` only. CRIU 4.1.1's RPC copies ps.address for a plain page server but
+    not for a lazy dump (cr-service.c, setup_opts_from_req), which then binds every
+    address; options of the request's config_file are applied after the RPC's, and
+    `address` there is honoured (as on the command line)."""
+    ip = ipaddress.ip_address(address)  # ValueError: nothing else reaches the file
+    conf = work_dir / "lazy-dump.conf"
+    conf.write_text(f"address {ip}\n")
+    return conf
+
+
 # Page server protocol (criu/page-xfer.c): struct page_server_iov {u32 cmd, nr_pages;
 # u64 vaddr, dst_id}; PS_IOV_CLOSE ends a lazy dump's page server cleanly.
 _PS_IOV = struct.Struct("=IIQQ")
@@ -644,8 +667,10 @@ class LazyDump:
         log_path: Path,
         work_dir: str | None,
         port: int,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.images_dir = images_dir
+        self._on_ready = on_ready
         self.log_path = log_path
         self.port = port
         self.started = time.perf_counter()
@@ -711,12 +736,12 @@ class LazyDump:
                 if resp.type != rpc.NOTIFY:
                     self._resp = resp
                     return
+                ok = True
                 if resp.notify.script == "status-ready":
-                    self.ready_seconds = time.perf_counter() - self.started
-                    self._ready.set()
+                    ok = self._ready_now()
                 ack = rpc.criu_req()
                 ack.type = rpc.NOTIFY
-                ack.notify_success = True
+                ack.notify_success = ok
                 self._sk.send(ack.SerializeToString())
         except OSError as e:
             self._failure = f"RPC with CRIU failed: {e}"
@@ -729,6 +754,20 @@ class LazyDump:
             self._close_dirs()
             self._done.set()
             self._ready.set()  # wake a waiter: it sees the failure
+
+    def _ready_now(self) -> bool:
+        """Images whole, server listening, the tree still held by CRIU: run the
+        caller's hook before CRIU goes on (a failing hook fails the dump, and CRIU
+        lets the tree run on)."""
+        if self._on_ready is not None:
+            try:
+                self._on_ready()
+            except Exception as e:  # noqa: BLE001 (any failure fails the dump)
+                self._failure = f"the ready hook failed: {e}"
+                return False
+        self.ready_seconds = time.perf_counter() - self.started
+        self._ready.set()
+        return True
 
     def _close_dirs(self) -> None:
         for fd in self._dirs:

@@ -134,7 +134,12 @@ def checkpoint(
 
 
 def checkpoint_lazy(
-    rt: JobRuntime, job: LocalJob, dest: Path, port: int, ready_timeout: float
+    rt: JobRuntime,
+    job: LocalJob,
+    dest: Path,
+    port: int,
+    ready_timeout: float,
+    address: str | None = None,
 ) -> tuple[Manifest, LazyDump]:
     """JobRuntime.checkpoint_lazy's work (see there)."""
     job_id = job.job_id
@@ -151,11 +156,16 @@ def checkpoint_lazy(
         dump: LazyDump | None = None
         try:
             dest.mkdir(mode=0o700)
-            rt.cgroups.freeze(job_id)
+            # Not frozen by us first: CRIU freezes and seizes the job itself (through
+            # freeze_cgroup) once it has started, which takes a fresh process ~60 ms
+            # of probing the kernel here; the freeze that holds the job after CRIU
+            # is asked for while CRIU still holds it stopped (on_ready).
             dump = rt.criu.dump_lazy(
                 job.init_pid,
                 dest,
                 port,
+                address=address,
+                on_ready=lambda: rt.cgroups.freeze_later(job_id),
                 options=DumpOptions(
                     freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
                     manage_cgroups=CgroupMode.SOFT,

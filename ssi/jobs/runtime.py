@@ -542,18 +542,25 @@ class JobRuntime:
         )
 
     def checkpoint_lazy(
-        self, job_id: str, dest: Path, *, port: int, ready_timeout: float = 30.0
+        self,
+        job_id: str,
+        dest: Path,
+        *,
+        port: int,
+        ready_timeout: float = 30.0,
+        address: str | None = None,
     ) -> tuple[Manifest, LazyDump]:
         """The post-copy variant of checkpoint(hold=True), a live migration's source:
         freeze, dump every image but the memory pages into `dest` (must not exist),
-        write its manifest, and serve the pages on TCP `port` (this node's network
-        namespace) to one `criu lazy-pages` daemon. Returns once `dest` is whole and
+        write its manifest, and serve the pages on TCP `address`:`port` (an address
+        of this node's network namespace; None: all) to one `criu lazy-pages`
+        daemon. Returns once `dest` is whole and
         the server listens; the job stays frozen until settle(). Before settling,
         LazyDump.wait() (every page delivered) or, to abort,
         LazyDump.close_page_server() must end CRIU. On failure nothing of `dest` is
         left and the job runs on: CriuError, CheckpointFailed."""
         return checkpointing.checkpoint_lazy(
-            self, self.job(job_id), Path(dest), port, ready_timeout
+            self, self.job(job_id), Path(dest), port, ready_timeout, address
         )
 
     def restore_lazy(

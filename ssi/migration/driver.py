@@ -105,7 +105,11 @@ class LiveSource:
             frozen_at = time.perf_counter()
             try:
                 m, dump = rt.checkpoint_lazy(
-                    job_id, Path(images_dir), port=port, ready_timeout=t.ready_timeout
+                    job_id,
+                    Path(images_dir),
+                    port=port,
+                    ready_timeout=t.ready_timeout,
+                    address=address or None,
                 )
             except CriuError as e:
                 pool.give(port)
