@@ -352,6 +352,7 @@ class Criu:
         port: int,
         *,
         address: str | None = None,
+        ps_fd: int | None = None,
         on_ready: Callable[[], None] | None = None,
         log_file: str = "dump.log",
         options: DumpOptions | None = None,
@@ -361,6 +362,10 @@ class Criu:
         `address`:`port` (an IP address of CRIU's network namespace; None: all of
         them) to the first `criu lazy-pages` daemon that connects, and ends once it
         has them all. ValueError if `address` is no IP address.
+
+        ps_fd: a TCP socket already connected to where the daemon will run (its
+        `--ps-socket`), served instead: CRIU then listens on nothing (`port` and
+        `address` unused). The caller keeps its own copy open until the end.
 
         Returns at once; LazyDump.wait_ready() says when the images are whole and the
         page server listens. on_ready() is called (from another thread) at that
@@ -391,10 +396,10 @@ class Criu:
         opts.log_level = o.log_level
         path = Path(images_dir)
         work = Path(o.work_dir or path)
-        if address is not None:
-            opts.config_file = str(_listen_config(work, address))
+        if ps_fd is not None or address is not None:
+            opts.config_file = str(_page_server_config(work, address, ps_fd))
         log_path = work / log_file
-        return LazyDump(self, req, path, log_path, o.work_dir, port, on_ready)
+        return LazyDump(self, req, path, log_path, o.work_dir, port, on_ready, ps_fd)
 
     def lazy_pages(
         self,
@@ -402,14 +407,16 @@ class Criu:
         address: str,
         port: int,
         *,
+        ps_fd: int | None = None,
         work_dir: str | None = None,
         log_file: str = "lazy-pages.log",
         log_level: int = 4,
     ) -> LazyPagesDaemon:
         """Start `criu lazy-pages` (in self.netns) for the images in images_dir,
-        fetching pages from the page server at address:port; returns once it
-        listens for the restore (whose work_dir must be the same). It exits once
-        every page of the restored tree has arrived (LazyPagesDaemon.wait)."""
+        fetching pages from the page server at address:port, or on ps_fd, a socket
+        already connected to it (Criu.dump_lazy's ps_fd); returns once it listens
+        for the restore (whose work_dir must be the same). It exits once every page
+        of the restored tree has arrived (LazyPagesDaemon.wait)."""
         images = Path(images_dir)
         work = Path(work_dir) if work_dir else images
         log_path = work / log_file
@@ -417,9 +424,12 @@ class Criu:
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         argv = [
             self.binary, "lazy-pages", "-D", str(images), "-W", str(work),
-            "--page-server", "--address", address, "--port", str(port),
-            "-o", log_file, f"-v{log_level}", "--status-fd", str(w),
+            "--page-server", "-o", log_file, f"-v{log_level}", "--status-fd", str(w),
         ]  # fmt: skip
+        if ps_fd is None:
+            argv += ["--address", address, "--port", str(port)]
+        else:  # already connected to the dump's page server: CRIU connects nowhere
+            argv += ["--ps-socket", str(ps_fd)]
         try:
             try:
                 child = kernel_shim.spawn(
@@ -428,7 +438,7 @@ class Criu:
                     stdin=null,
                     stdout=null,
                     stderr=null,
-                    pass_fds=(w,),
+                    pass_fds=(w,) if ps_fd is None else (w, ps_fd),
                     new_session=False,
                 )
             except OSError as e:
@@ -637,15 +647,19 @@ def _stats(path: Path, kind: str) -> dict[str, int]:
         return {}
 
 
-def _listen_config(work_dir: Path, address: str) -> Path:
-    """A CRIU RPC configuration file that makes a lazy dump's page server listen on
-    `address` only. CRIU 4.1.1's RPC copies ps.address for a plain page server but
-    not for a lazy dump (cr-service.c, setup_opts_from_req), which then binds every
-    address; options of the request's config_file are applied after the RPC's, and
-    `address` there is honoured (as on the command line)."""
-    ip = ipaddress.ip_address(address)  # ValueError: nothing else reaches the file
+def _page_server_config(work_dir: Path, address: str | None, fd: int | None) -> Path:
+    """A CRIU RPC configuration file for a lazy dump's page server: serve on the
+    connected socket `fd` (listen on nothing), else listen on `address` only.
+    CRIU 4.1.1's RPC copies ps.address and ps.fd for a plain page server but not
+    for a lazy dump (cr-service.c, setup_opts_from_req), which then binds every
+    address; options of the request's config_file are applied after the RPC's,
+    and `ps-socket` and `address` there are honoured (as on the command line)."""
+    if fd is not None:
+        line = f"ps-socket {int(fd)}"
+    else:
+        line = f"address {ipaddress.ip_address(address or '')}"  # ValueError if not
     conf = work_dir / "lazy-dump.conf"
-    conf.write_text(f"address {ip}\n")
+    conf.write_text(line + "\n")
     return conf
 
 
@@ -668,9 +682,11 @@ class LazyDump:
         work_dir: str | None,
         port: int,
         on_ready: Callable[[], None] | None = None,
+        ps_fd: int | None = None,
     ) -> None:
         self.images_dir = images_dir
         self._on_ready = on_ready
+        self._ps_fd = ps_fd
         self.log_path = log_path
         self.port = port
         self.started = time.perf_counter()
@@ -705,7 +721,8 @@ class LazyDump:
                     stdin=null,
                     stdout=null,
                     stderr=null,
-                    pass_fds=(theirs.fileno(), *self._dirs),
+                    pass_fds=(theirs.fileno(), *self._dirs)
+                    + (() if ps_fd is None else (ps_fd,)),
                     new_session=False,
                 )
             except OSError as e:
@@ -824,10 +841,15 @@ class LazyDump:
         (CRIU then sees its connection close and ends too)."""
         if self.done:
             return
-        with contextlib.suppress(OSError):
-            with socket.create_connection((address, self.port), timeout=timeout) as s:
-                s.sendall(_PS_IOV.pack(_PS_IOV_CLOSE, 0, 0, 0))
-                s.recv(4)
+        if self._ps_fd is not None:  # its end of the socket reads EOF: CRIU is done
+            with contextlib.suppress(OSError):
+                with socket.socket(fileno=os.dup(self._ps_fd)) as s:
+                    s.shutdown(socket.SHUT_RDWR)
+        else:
+            with contextlib.suppress(OSError):
+                with socket.create_connection((address, self.port), timeout) as s:
+                    s.sendall(_PS_IOV.pack(_PS_IOV_CLOSE, 0, 0, 0))
+                    s.recv(4)
         if not self._done.wait(timeout):
             self.kill()
 

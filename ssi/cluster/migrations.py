@@ -104,17 +104,42 @@ class Migrations:
             job.but(state=JobState.MIGRATING), "migrating", to=target.name
         )
         t0 = time.monotonic()
+        channel = None
+        if live:  # the target listens for the source's connection (images, pages)
+            try:
+                channel = await self.peers.call(
+                    target,
+                    m.AgentLivePrepare(
+                        job=job.id, migration=name, source=source.address
+                    ),
+                    timeout=30.0,
+                    cause=cause,
+                )
+            except SsiError as e:
+                raise self._failed(job, target, "prepare", e) from None
         try:
             out = await self.peers.call(
                 source,
                 m.AgentMigrateOut(
-                    job=job.id, migration=name, target=endpoint(target), live=live
+                    job=job.id,
+                    migration=name,
+                    target=endpoint(target),
+                    live=live,
+                    channel=channel,
                 ),
                 timeout=MOVE_TIMEOUT,
                 cause=cause,
             )
         except SsiError as e:  # the source thawed it: it runs on there
+            if live:  # the target drops its invitation and what came through it
+                with contextlib.suppress(SsiError):
+                    await self.peers.call(
+                        target,
+                        m.AgentForget(job=job.id, checkpoints=[name]),
+                        timeout=30.0,
+                    )
             raise self._failed(job, target, "dump or transfer", e) from None
+
         t1 = time.monotonic()
         try:
             restored = await self.peers.call(

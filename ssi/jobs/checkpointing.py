@@ -140,6 +140,7 @@ def checkpoint_lazy(
     port: int,
     ready_timeout: float,
     address: str | None = None,
+    ps_fd: int | None = None,
 ) -> tuple[Manifest, LazyDump]:
     """JobRuntime.checkpoint_lazy's work (see there)."""
     job_id = job.job_id
@@ -165,6 +166,7 @@ def checkpoint_lazy(
                 dest,
                 port,
                 address=address,
+                ps_fd=ps_fd,
                 on_ready=lambda: rt.cgroups.freeze_later(job_id),
                 options=DumpOptions(
                     freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
@@ -261,7 +263,9 @@ def restore(
     job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
     CriuError if CRIU fails (nothing of the job is left then)."""
     ckpt = Path(ckpt)
-    m = mf.verify(ckpt)
+    # A live migration's images were checked against the manifest's digests as
+    # they arrived (ssi.migration.channel): not hashed again while the job waits.
+    m = mf.verify(ckpt, digests=lazy is None or not lazy.verified)
     if m.job_id != job_id:
         raise BadRequest(f"checkpoint {ckpt} is of job {m.job_id}, not {job_id}")
     run_dir = rt.root / job_id
@@ -306,16 +310,17 @@ def restore(
 class _Lazy:
     """A lazy restore's source of pages, and the daemon started for it."""
 
-    def __init__(self, source: PageServer) -> None:
+    def __init__(self, source: PageServer, verified: bool) -> None:
         self.source = source
+        self.verified = verified  # images checked on arrival: no hashing again
         self.daemon: LazyPagesDaemon | None = None
 
 
 def restore_lazy(
-    rt: JobRuntime, job_id: str, ckpt: Path, source: PageServer
+    rt: JobRuntime, job_id: str, ckpt: Path, source: PageServer, verified: bool
 ) -> tuple[LocalJob, LazyPagesDaemon]:
     """JobRuntime.restore_lazy's work (see there)."""
-    lazy = _Lazy(source)
+    lazy = _Lazy(source, verified)
     job = restore(rt, job_id, ckpt, lazy)
     assert lazy.daemon is not None
     return job, lazy.daemon
@@ -345,7 +350,11 @@ def _restore(
         roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
     if lazy is not None:
         lazy.daemon = rt.criu.lazy_pages(
-            ckpt, lazy.source.address, lazy.source.port, work_dir=str(run_dir)
+            ckpt,
+            lazy.source.address,
+            lazy.source.port,
+            ps_fd=lazy.source.fd,
+            work_dir=str(run_dir),
         )
     res = rt.criu.restore(
         ckpt,

@@ -21,16 +21,16 @@ from typing import Any
 import msgspec
 
 from schedulers.probes.job import JobProbe
-from ssi.checkpoint import Criu, PageServer
+from ssi.checkpoint import Criu
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob
-from ssi.migration import LiveSource, LiveTarget
 from ssi.node.copying import (
     BULK_PORT_OFFSET,
     SpoolDirs,
     bulk_endpoint,
     checkpoint_copied,
 )
+from ssi.node.live import LiveMoves
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
@@ -58,7 +58,6 @@ class Executor:
         self.call_coordinator = call_coordinator
         self.job_env = job_env  # what node services add to a job's environment
         self.address = address  # where this node's page servers listen (live moves)
-        self._live: dict[str, LiveSource] = {}  # live moves out, until settled
         self.dump_hooks: Sequence[Service] = ()  # told before and after each dump
         state = Path(cfg.node.state_dir)
         self.spool = state / "checkpoints"
@@ -70,6 +69,7 @@ class Executor:
             self.node,
             cgroup_base=cfg.node.cgroup_base,
         )
+        self.live = LiveMoves(self.runtime, self.spool, address)
         self.bulk = BulkServer(
             None,
             f"tcp://{cfg.node.listen}:{cfg.node.port + BULK_PORT_OFFSET}",
@@ -92,6 +92,7 @@ class Executor:
             m.AgentRestore.op: self.on_restore,
             m.AgentForget.op: self.on_forget,
             m.AgentMigrateOut.op: self.on_migrate_out,
+            m.AgentLivePrepare.op: self.on_live_prepare,
             m.AgentSettle.op: self.on_settle,
         }
 
@@ -323,9 +324,8 @@ class Executor:
     ) -> dict[str, Any]:
         """Resume the job here at once; confirm only when its last page arrived."""
         assert body.lazy_from is not None
-        source = PageServer(body.lazy_from["address"], int(body.lazy_from["port"]))
-        target = await asyncio.to_thread(
-            LiveTarget.begin, self.runtime, str(body.job), local, source
+        target, waited = await self.live.restore(
+            str(body.job), body.checkpoint, local, body.lazy_from
         )
         self._watch(self.runtime.job(str(body.job)))
         report = await asyncio.to_thread(target.wait_pages)
@@ -333,6 +333,7 @@ class Executor:
             "pid": report.pid,
             "seconds": time.monotonic() - started,
             "restore_seconds": report.restore_seconds,
+            "images_wait_seconds": waited,
             "pages_seconds": report.pages_seconds,
             "page_bytes": report.page_bytes,
         }
@@ -384,14 +385,11 @@ class Executor:
         job_id, dest = str(body.job), self.spool / body.migration
         t0 = time.monotonic()
         self._before_dump(job_id)  # until on_settle
-        page_server = None
+        page_server: dict[str, Any] | None = None
         copied: TransferStats | SsiError | None = None
         try:
             if body.live:  # pages stay here, served to the target on demand
-                source = await asyncio.to_thread(
-                    LiveSource.begin, self.runtime, job_id, dest, self.address
-                )
-                self._live[job_id] = source
+                source = await self.live.dump(job_id, dest, body.channel)
                 manifest = source.manifest
                 page_server = {"address": self.address, "port": source.port}
             else:  # the images go to the target as CRIU writes them
@@ -410,7 +408,10 @@ class Executor:
             raise
         t1 = time.monotonic()
         try:
-            if body.live:
+            if page_server is not None and source.channel is not None:
+                sums = await asyncio.to_thread(source.send_images)  # its connection
+                page_server.update(channel=True, checksums=sums)
+            elif body.live:
                 await send_dir(
                     bulk_endpoint(body.target),
                     body.target["key"],
@@ -438,13 +439,13 @@ class Executor:
         }
 
     async def _settle(self, job_id: str, *, moved: bool) -> None:
-        live = self._live.pop(job_id, None)
-        if live is None:
+        if not await self.live.settle(job_id, moved=moved):
             await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
-        elif moved:
-            await asyncio.to_thread(live.commit)
-        else:
-            await asyncio.to_thread(live.abort)
+
+    async def on_live_prepare(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentLivePrepare)
+        return await self.live.prepare(body)
 
     async def on_settle(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
@@ -473,5 +474,6 @@ class Executor:
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")
+            self.live.drop(ckpt)  # a live move's invitation, if any
             shutil.rmtree(self.spool / ckpt, ignore_errors=True)
         return {}
