@@ -62,6 +62,8 @@ ImagesDir = str | os.PathLike[str] | int  # a path, or an open directory fd (kep
 # Error lines CRIU logs on this machine on every run without failing because of them:
 # no CAP_SYS_RESOURCE, so it cannot raise its own RLIMIT_NOFILE.
 _BENIGN = ("rlimit: Can't setup RLIMIT_NOFILE",)
+# What `criu lazy-pages` reads before it listens for the restore (the rest later).
+EARLY_IMAGES = ("inventory.img", "pstree.img")
 _REQUIRED = ("inventory.img", "pstree.img")  # a restore reads nothing without them
 # Closing lines that only repeat that the operation failed.
 _GENERIC = re.compile(r"^(Dumping|Restoring|Pre-dumping) FAILED\.?$")
@@ -417,6 +419,29 @@ class Criu:
         already connected to it (Criu.dump_lazy's ps_fd); returns once it listens
         for the restore (whose work_dir must be the same). It exits once every page
         of the restored tree has arrived (LazyPagesDaemon.wait)."""
+        daemon = self.start_lazy_pages(
+            images_dir, address, port, ps_fd=ps_fd, work_dir=work_dir,
+            log_file=log_file, log_level=log_level,
+        )  # fmt: skip
+        daemon.wait_started(self.SWRK_EXIT_TIMEOUT)
+        return daemon
+
+    def start_lazy_pages(
+        self,
+        images_dir: str | os.PathLike[str],
+        address: str,
+        port: int,
+        *,
+        ps_fd: int | None = None,
+        work_dir: str | None = None,
+        log_file: str = "lazy-pages.log",
+        log_level: int = 4,
+    ) -> LazyPagesDaemon:
+        """lazy_pages() without waiting: the daemon may start before its images are
+        whole. It spends its first tens of ms probing the kernel (no kdat cache on
+        a /run that is not tmpfs), then reads inventory.img and pstree.img, and the
+        other images only once the restore connects; those two may be FIFOs the
+        caller fills later. LazyPagesDaemon.wait_started() before the restore."""
         images = Path(images_dir)
         work = Path(work_dir) if work_dir else images
         log_path = work / log_file
@@ -445,26 +470,13 @@ class Criu:
                 raise CriuError(
                     "lazy-pages", f"cannot start {self.binary}: {e}"
                 ) from None
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
             os.close(null)
-        daemon = LazyPagesDaemon(child, log_path)
-        try:
-            ready = select.select([r], [], [], self.SWRK_EXIT_TIMEOUT)[0]
-            got = os.read(r, 1) if ready else b""
-        finally:
-            os.close(r)
-        if not got:
-            daemon.kill()
-            raise CriuError(
-                "lazy-pages",
-                f"lazy-pages daemon for {address}:{port} did not start"
-                f" ({daemon.status})",
-                errors=log_errors(log_path) or _last_line(log_path),
-                log_path=log_path,
-                images_dir=images,
-            )
-        return daemon
+        return LazyPagesDaemon(child, log_path, r, images)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -863,9 +875,13 @@ class LazyDump:
 class LazyPagesDaemon:
     """A `criu lazy-pages` process of ours (Criu.lazy_pages)."""
 
-    def __init__(self, pid: int, log_path: Path) -> None:
+    def __init__(
+        self, pid: int, log_path: Path, status_fd: int = -1, images: Path | None = None
+    ) -> None:
         self.pid = pid
         self.log_path = log_path
+        self.images = images
+        self._status_fd = status_fd  # readable once it listens for the restore
         self.started = time.perf_counter()
         self.seconds: float | None = None  # start to exit
         self.returncode: int | None = None
@@ -897,11 +913,35 @@ class LazyPagesDaemon:
         self.status = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         return rc
 
+    def wait_started(self, timeout: float) -> None:
+        """Block until it listens for the restore; CriuError (and killed) if it
+        ended or did not get there within `timeout` s. Idempotent."""
+        if self._status_fd < 0:
+            return
+        try:
+            ready = select.select([self._status_fd], [], [], timeout)[0]
+            got = os.read(self._status_fd, 1) if ready else b""
+        finally:
+            os.close(self._status_fd)
+            self._status_fd = -1
+        if not got:
+            self.kill()
+            raise CriuError(
+                "lazy-pages",
+                f"lazy-pages daemon did not start ({self.status})",
+                errors=log_errors(self.log_path) or _last_line(self.log_path),
+                log_path=self.log_path,
+                images_dir=self.images,
+            )
+
     def kill(self) -> None:
         if self.returncode is None:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
             self.wait(Criu.SWRK_EXIT_TIMEOUT)
+        if self._status_fd >= 0:
+            os.close(self._status_fd)
+            self._status_fd = -1
 
     def error(self) -> CriuError:
         """What went wrong, as a CriuError (call after a non-zero wait())."""

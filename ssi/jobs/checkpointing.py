@@ -310,17 +310,24 @@ def restore(
 class _Lazy:
     """A lazy restore's source of pages, and the daemon started for it."""
 
-    def __init__(self, source: PageServer, verified: bool) -> None:
+    def __init__(
+        self, source: PageServer, verified: bool, daemon: LazyPagesDaemon | None
+    ) -> None:
         self.source = source
         self.verified = verified  # images checked on arrival: no hashing again
-        self.daemon: LazyPagesDaemon | None = None
+        self.daemon = daemon  # started early (Criu.start_lazy_pages), or by us
 
 
 def restore_lazy(
-    rt: JobRuntime, job_id: str, ckpt: Path, source: PageServer, verified: bool
+    rt: JobRuntime,
+    job_id: str,
+    ckpt: Path,
+    source: PageServer,
+    verified: bool,
+    daemon: LazyPagesDaemon | None,
 ) -> tuple[LocalJob, LazyPagesDaemon]:
     """JobRuntime.restore_lazy's work (see there)."""
-    lazy = _Lazy(source, verified)
+    lazy = _Lazy(source, verified, daemon)
     job = restore(rt, job_id, ckpt, lazy)
     assert lazy.daemon is not None
     return job, lazy.daemon
@@ -348,7 +355,9 @@ def _restore(
     roots: tuple[tuple[str, str], ...] = ()
     if m.cgroup != rec.cgroup:
         roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
-    if lazy is not None:
+    if lazy is not None and lazy.daemon is not None:
+        lazy.daemon.wait_started(rt.criu.SWRK_EXIT_TIMEOUT)
+    elif lazy is not None:
         lazy.daemon = rt.criu.lazy_pages(
             ckpt,
             lazy.source.address,

@@ -567,7 +567,13 @@ class JobRuntime:
         )
 
     def restore_lazy(
-        self, job_id: str, ckpt: Path, source: PageServer, *, verified: bool = False
+        self,
+        job_id: str,
+        ckpt: Path,
+        source: PageServer,
+        *,
+        verified: bool = False,
+        daemon: LazyPagesDaemon | None = None,
     ) -> tuple[LocalJob, LazyPagesDaemon]:
         """restore(), post-copy: `ckpt` holds the images of checkpoint_lazy (no
         pages); a `criu lazy-pages` daemon fetches the pages from the page server at
@@ -575,8 +581,12 @@ class JobRuntime:
         (LazyPagesDaemon.wait() == 0); if it fails, the job's memory is incomplete:
         kill the job. `source.fd`: a socket already connected to the page server.
         verified: the images were checked against the manifest's digests on
-        arrival, and are not hashed again. Errors as restore()."""
-        return checkpointing.restore_lazy(self, job_id, Path(ckpt), source, verified)
+        arrival, and are not hashed again. daemon: one started already for these
+        images (Criu.start_lazy_pages, work_dir the job's run directory), used
+        instead of starting one. Errors as restore()."""
+        return checkpointing.restore_lazy(
+            self, job_id, Path(ckpt), source, verified, daemon
+        )
 
     def settle(self, job_id: str, *, moved: bool) -> None:
         """After checkpoint(hold=True), which leaves the job frozen: it moved (killed

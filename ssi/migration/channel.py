@@ -21,6 +21,7 @@ as with CRIU's own page server (CRIU's TLS needs a GnuTLS build and certificates
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -32,10 +33,12 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssi.checkpoint import LazyPagesDaemon
 from ssi.proto.errors import BadRequest, Denied, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
@@ -103,9 +106,23 @@ class Incoming:
     the token, then writes the images it brings into `dest` (made here, must not
     exist), hashing each. A failed or abandoned transfer leaves nothing."""
 
-    def __init__(self, address: str, source: str, dest: Path, timeout: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        source: str,
+        dest: Path,
+        timeout: float,
+        *,
+        fifos: tuple[str, ...] = (),
+        on_accept: Callable[[socket.socket], LazyPagesDaemon] | None = None,
+    ) -> None:
         """Listen on `address` (this node's cluster address), port chosen by the
-        kernel. `timeout`: seconds for the source to connect and for each read."""
+        kernel. `timeout`: seconds for the source to connect and for each read.
+        fifos: images made FIFOs in `dest` until they arrive, so that a reader may
+        open them early and block until then (then they are regular files).
+        on_accept(socket): run once the source is connected, before the images
+        come; what it returns (a lazy-pages daemon reading `dest`) is .daemon,
+        killed by close() unless wait() handed it over."""
         self.source = source
         self.dest = Path(dest)
         self.timeout = timeout
@@ -113,13 +130,22 @@ class Incoming:
         self.digests: dict[str, str] = {}
         self.bytes = 0
         self.sock: socket.socket | None = None
+        self.daemon: LazyPagesDaemon | None = None
+        self._on_accept = on_accept
         self._error: Exception | None = None
         self._done = threading.Event()
         self._closed = False
+        self._fifos: dict[str, int] = {}  # name → our end (read-write: never blocks)
         self.dest.mkdir(mode=0o700)
         try:
+            for name in fifos:
+                os.mkfifo(self.dest / name, 0o600)
+                self._fifos[name] = os.open(
+                    self.dest / name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
+                )
             self._listener = socket.create_server((address, 0))
         except OSError:
+            self._close_fifos()
             shutil.rmtree(self.dest, ignore_errors=True)
             raise
         self.invitation = Invitation(
@@ -133,6 +159,11 @@ class Incoming:
         try:
             sock = self._accept()
             self.sock = sock
+            if self._on_accept is not None:
+                try:
+                    self.daemon = self._on_accept(sock)
+                except Exception as e:  # noqa: BLE001 (the restore starts its own)
+                    log.warning("op=migrate.live.channel early start failed: %s", e)
             self._receive(sock)
             sock.setblocking(True)  # CRIU's now
         except Exception as e:  # noqa: BLE001 (the waiter gets it)
@@ -178,11 +209,12 @@ class Incoming:
             name = _recv_exact(sock, n).decode(errors="replace")
             if not _NAME.match(name) or name in self.digests:
                 raise BadRequest(f"live channel: bad file name {name!r}")
+            fifo = self._fifos.pop(name, None)
+            target = self.dest / (name + ".part" if fifo is not None else name)
             h = hashlib.sha256()
             fd = os.open(
-                self.dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                0o600,
-            )  # fmt: skip
+                target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
             try:
                 left = size
                 while left:
@@ -194,6 +226,8 @@ class Incoming:
                     left -= len(data)
             finally:
                 os.close(fd)
+            if fifo is not None:
+                _fill_fifo(fifo, target, self.dest / name)
             self.digests[name] = h.hexdigest()
             self.bytes += size
 
@@ -210,6 +244,7 @@ class Incoming:
             bad = sorted(set(self.digests.items()) ^ set(expected.items()))
             self.close()
             raise Denied(f"live images differ from their manifest: {bad[:3]}")
+        self._closed = True  # the caller's now: socket, images, daemon
         return self.sock
 
     def close(self) -> None:
@@ -219,11 +254,39 @@ class Incoming:
             return
         self._closed = True
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept
+        with contextlib.suppress(OSError):
             self._listener.close()
+        self._close_fifos()
+        if self.daemon is not None:
+            self.daemon.kill()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
         shutil.rmtree(self.dest, ignore_errors=True)
+
+    def _close_fifos(self) -> None:
+        """A reader blocked on a FIFO not filled reads its end and gives up."""
+        for fd in self._fifos.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fifos.clear()
+
+
+def _fill_fifo(fifo: int, data_file: Path, path: Path) -> None:
+    """The image that arrived in `data_file` replaces the FIFO at `path` (a later
+    open gets the file), and goes into the FIFO for a reader that opened it
+    already; then our end closes (that reader sees the end of the image)."""
+    try:
+        data = data_file.read_bytes()
+        os.rename(data_file, path)
+        if len(data) > 65536:
+            fcntl.fcntl(fifo, fcntl.F_SETPIPE_SZ, len(data))  # one write, no wait
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fifo, view) :]
+    finally:
+        os.close(fifo)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -262,21 +262,30 @@ class LiveTarget:
         images_dir: Path,
         source: PageServer,
         channel: socket.socket | None = None,
+        daemon: LazyPagesDaemon | None = None,
     ) -> LiveTarget:
         """Restore the job from images_dir (LiveSource's images, pushed here) with
         its pages fetched from `source` (LiveSource.page_server), or on `channel`
         (Incoming.wait's socket, whose images arrived checked: not hashed again):
         returns once the job runs here. Call from a long-lived thread (see
-        Criu.restore). On failure nothing of the job is left here (the channel
-        closed): CriuError, CorruptCheckpoint, Conflict."""
+        Criu.restore). daemon: a lazy-pages daemon started early for these
+        images (see LiveMoves). On failure nothing of the job is left here (the
+        channel closed, the daemon killed): CriuError, CorruptCheckpoint,
+        Conflict."""
         began = time.perf_counter()
         if channel is not None:
             source = PageServer(source.address, source.port, channel.fileno())
         try:
             job, daemon = rt.restore_lazy(
-                job_id, Path(images_dir), source, verified=channel is not None
+                job_id,
+                Path(images_dir),
+                source,
+                verified=channel is not None,
+                daemon=daemon,
             )
         except BaseException:
+            if daemon is not None:
+                daemon.kill()
             if channel is not None:
                 channel.close()
             raise

@@ -4,8 +4,11 @@
     target  agent.live_prepare ─▶ Incoming (listens for the source only) ─▶ invitation
     source  agent.migrate_out(live, channel) ─▶ connect ─▶ LiveSource.begin (CRIU
             seizes, dumps, serves on the socket) ─▶ send_images ─▶ digests
+    target  on the connection: criu lazy-pages started at once, on FIFOs for the
+            two images it reads first: its start (~30-60 ms of probing the kernel
+            here) overlaps the source's dump instead of following it
     target  agent.restore(lazy_from: digests) ─▶ Incoming.wait (images checked)
-            ─▶ LiveTarget.begin (lazy-pages on the socket, restore) ─▶ wait_pages
+            ─▶ LiveTarget.begin (restore, the daemon on the socket) ─▶ wait_pages
     source  agent.settle ─▶ LiveSource.commit / abort
 
 An invitation nobody claims within `claim_timeout` (the coordinator gave up or died)
@@ -16,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from ssi.checkpoint import PageServer
+from ssi.checkpoint import LazyPagesDaemon, PageServer
+from ssi.checkpoint.criu import EARLY_IMAGES
 from ssi.jobs import JobRuntime
 from ssi.migration import LiveSource, LiveTarget
 from ssi.migration.channel import Incoming, Invitation, connect
@@ -40,6 +46,7 @@ class LiveMoves:
         self.address = address  # this node's cluster address
         self.sources: dict[str, LiveSource] = {}  # job id → move out, until settled
         self.incoming: dict[str, Incoming] = {}  # migration → invitation, until claimed
+        self._run_dirs: dict[str, Path] = {}  # migration → job dir made for its daemon
 
     # --- target ---------------------------------------------------------------------
 
@@ -47,8 +54,26 @@ class LiveMoves:
         name = body.migration
         if "/" in name or name.startswith(".") or name in self.incoming:
             raise BadRequest(f"bad or busy migration name {name!r}")
+        job_id = str(body.job)
+        run_dir = self.runtime.root / job_id
+        early = not (run_dir / "job.json").exists()  # else the restore refuses
+        if early and not run_dir.exists():  # the daemon's work dir, and the restore's
+            run_dir.mkdir(mode=0o700)
+            self._run_dirs[name] = run_dir
+
+        def start_daemon(sock: socket.socket) -> LazyPagesDaemon:
+            return self.runtime.criu.start_lazy_pages(
+                self.spool / name, "", 0, ps_fd=sock.fileno(), work_dir=str(run_dir)
+            )
+
         inc = await asyncio.to_thread(
-            Incoming, self.address, body.source, self.spool / name, self.CLAIM_TIMEOUT
+            Incoming,
+            self.address,
+            body.source,
+            self.spool / name,
+            self.CLAIM_TIMEOUT,
+            fifos=EARLY_IMAGES if early else (),
+            on_accept=start_daemon if early else None,
         )
         self.incoming[name] = inc
         asyncio.get_running_loop().call_later(self.CLAIM_TIMEOUT, self.drop, name, inc)
@@ -60,6 +85,9 @@ class LiveMoves:
         if have is not None and (inc is None or have is inc):
             del self.incoming[name]
             have.close()
+            run_dir = self._run_dirs.pop(name, None)
+            if run_dir is not None and not (run_dir / "job.json").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
             log.info("op=migrate.live.drop migration=%s: never claimed", name)
 
     async def restore(
@@ -70,9 +98,11 @@ class LiveMoves:
         seconds spent waiting for the images to be whole."""
         source = PageServer(str(lazy["address"]), int(lazy["port"]))
         channel = None
+        daemon = None
         waited = 0.0
         if lazy.get("channel"):
             inc = self.incoming.pop(name, None)
+            self._run_dirs.pop(name, None)  # the restore's from now on
             if inc is None:
                 raise NotFound(f"no live channel for {name}: expired or never made")
             t = time.perf_counter()
@@ -80,8 +110,9 @@ class LiveMoves:
                 inc.wait, dict(lazy["checksums"]), self.CONNECT_TIMEOUT
             )
             waited = time.perf_counter() - t
+            daemon = inc.daemon
         target = await asyncio.to_thread(
-            LiveTarget.begin, self.runtime, job_id, local, source, channel
+            LiveTarget.begin, self.runtime, job_id, local, source, channel, daemon
         )
         return target, waited
 
