@@ -256,8 +256,8 @@ def measure_raw_lazy(
         restored = Job(res.pid, res.pid)
         restore_s = time.perf_counter() - t0
         daemon.wait(600)
+        total = time.perf_counter() - t0  # the last page arrived
         dump.wait(60)
-        total = time.perf_counter() - t0
         job.kill()
         img = sum(p.stat().st_size for p in images.iterdir())
         pages = page_bytes(daemon.log_path)

@@ -174,6 +174,7 @@ class Migrations:
                 freeze_seconds=frozen + restored["restore_seconds"],
                 restore_seconds=restored["restore_seconds"],
                 pages_seconds=restored["pages_seconds"],
+                last_page_seconds=t2 - t0,  # the target answers once all arrived
                 bytes=out["bytes"] + restored["page_bytes"],
                 page_bytes=restored["page_bytes"],
             )
