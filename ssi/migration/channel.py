@@ -44,6 +44,7 @@ from ssi.proto.errors import BadRequest, Denied, Timeout, Unavailable
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
+TOKEN_TIMEOUT = 1.0  # seconds a connection has to send the token
 _HEAD = struct.Struct("!HQ")  # name length (0: no more files), file size
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1 << 20
@@ -186,9 +187,9 @@ class Incoming:
                     conn, (host, port) = self._listener.accept()[:2]
                 except TimeoutError:
                     continue
-                conn.settimeout(min(left, 5.0))
+                conn.settimeout(min(left, TOKEN_TIMEOUT))
                 got = b""
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, Unavailable):  # a silent intruder
                     got = _recv_exact(conn, TOKEN_BYTES)
                 if host == self.source and hmac.compare_digest(got, self.token):
                     conn.settimeout(self.timeout)

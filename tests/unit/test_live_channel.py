@@ -56,6 +56,7 @@ def test_a_wrong_token_is_refused_and_the_source_still_gets_in(
     with connect(wrong, HOST, 5.0) as intruder:
         intruder.settimeout(5.0)
         assert intruder.recv(1) == b""  # closed on us
+    socket.create_connection((HOST, inc.invitation.port), 5.0).close()  # no token
     with connect(inc.invitation, HOST, 5.0) as s:
         send_images(s, src, sorted(sums))
         inc.wait(sums, 5.0).close()
