@@ -386,10 +386,11 @@ class Executor:
         t0 = time.monotonic()
         self._before_dump(job_id)  # until on_settle
         page_server: dict[str, Any] | None = None
+        sums: dict[str, str] | None = None  # live: the images' digests, if sent
         copied: TransferStats | SsiError | None = None
         try:
             if body.live:  # pages stay here, served to the target on demand
-                source = await self.live.dump(job_id, dest, body.channel)
+                source, sums = await self.live.dump(job_id, dest, body.channel)
                 manifest = source.manifest
                 page_server = {"address": self.address, "port": source.port}
             else:  # the images go to the target as CRIU writes them
@@ -408,8 +409,7 @@ class Executor:
             raise
         t1 = time.monotonic()
         try:
-            if page_server is not None and source.channel is not None:
-                sums = await asyncio.to_thread(source.send_images)  # its connection
+            if page_server is not None and sums is not None:  # sent on its channel
                 page_server.update(channel=True, checksums=sums)
             elif body.live:
                 await send_dir(

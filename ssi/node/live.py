@@ -120,8 +120,12 @@ class LiveMoves:
 
     async def dump(
         self, job_id: str, dest: Path, invitation: dict[str, Any] | None
-    ) -> LiveSource:
-        """Connect to the target (before the freeze), then freeze and dump."""
+    ) -> tuple[LiveSource, dict[str, str] | None]:
+        """Connect to the target (before the freeze), then freeze, dump and send
+        the images on that connection in the same worker trip (no hop through
+        the event loop while the job is frozen). The images' digests (None
+        without an invitation: the caller pushes them). On failure the job runs
+        on here."""
         channel = None
         if invitation is not None:
             channel = await asyncio.to_thread(
@@ -130,22 +134,27 @@ class LiveMoves:
                 self.address,
                 self.CONNECT_TIMEOUT,
             )
-        try:
-            source = await asyncio.to_thread(
-                LiveSource.begin,
-                self.runtime,
-                job_id,
-                dest,
-                self.address,
-                None,
-                channel,
+
+        def begin() -> tuple[LiveSource, dict[str, str] | None]:
+            source = LiveSource.begin(
+                self.runtime, job_id, dest, self.address, None, channel
             )
+            if channel is None:
+                return source, None
+            try:
+                return source, source.send_images()
+            except BaseException:
+                source.abort()
+                raise
+
+        try:
+            source, sums = await asyncio.to_thread(begin)
         except BaseException:
             if channel is not None:
                 channel.close()
             raise
         self.sources[job_id] = source
-        return source
+        return source, sums
 
     async def settle(self, job_id: str, *, moved: bool) -> bool:
         """Commit or abort the move out of `job_id`; False if none is under way."""
