@@ -1,278 +1,186 @@
-"""Live (post-copy) migration between two nodes of a local cluster, against raw CRIU.
+"""Cold and live migration through ssi (JobMigrate on a 2-node LocalSsiCluster), and
+ssi's node-level live mechanics, against raw CRIU between two network namespaces, all
+in the same run, for jobs of each size; each job idle or rewriting its memory.
 
-    job holding N bytes, ticking its realtime clock every 10 ms (node1)
-      ssi live:  LiveSource.begin ─ copy images ─ LiveTarget.begin ─ wait_pages ─ commit
-      raw lazy:  criu dump --lazy-pages + page server ─ criu lazy-pages ─ restore
-      raw cold:  criu dump ─ copy images ─ criu restore
-    freeze = the longest gap between two ticks (realtime, inside the job); total =
-    freeze to the last page arrived; bytes = images copied + pages fetched.
+    ssi cold / ssi live:  JobMigrate(job, node2[, live]) to the coordinator (node1)
+    node live:            LiveSource/LiveTarget node to node (ssi.migration, no ssid)
+    raw cold:             criu dump ─ copy images ─ criu restore
+    raw lazy:             criu dump --lazy-pages (page server) ─ copy images
+                          ─ criu lazy-pages ─ criu restore --lazy-pages
+    "+w": the job rewrites 256 pages every 10 ms (about 100 MB/s) throughout.
 
-Run as root: python -m benchmarks.bench_migration [--sizes 10M,100M,1G] [--json]
+freeze = the longest gap between two of the job's ticks (realtime clock, every 10 ms:
+what the job itself sees); total = start of the move to the last page arrived (cold:
+to the job restored; ssi: the coordinator's clock, from its first request to the
+target's answer); bytes = images + pages fetched.
+Rows are medians of --repeat runs, the runs of all modes interleaved.
+
+Goals (issue 5): live freeze <= 1.2 x raw lazy; 1G live freeze <= 1.5 x 10M live
+freeze; live total of a writing job <= raw lazy's; cold total <= 1.3 x raw cold.
+
+Run as root: .venv/bin/python benchmarks/bench_migration.py
+    [--sizes 10M,100M,1G] [--repeat 3] [--modes ...] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import kernel_shim
-from benchmarks._criu_baseline import format_size, parse_size
-from benchmarks._workloads import (
-    Job,
-    longest_pause,
-    python_job,
-    read_ticks,
-    start_job,
-    wait_ticks,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._criu_baseline import format_size, parse_size  # noqa: E402
+from benchmarks._migration_nodes import (  # noqa: E402
+    MEMORY_COUNTER,
+    WRITE_PAGES,
+    Result,
+    Side,
+    measure_live,
+    measure_raw_cold,
+    measure_raw_lazy,
+    pause_during,
+    two_nodes,
 )
-from ssi import config
-from ssi.checkpoint import Criu, RestoreOptions
-from ssi.jobs.cgroups import detect
-from ssi.jobs.model import JobSpec
-from ssi.jobs.runtime import JobRuntime
-from ssi.local import LocalCluster
-from ssi.local.testing import make_cluster
-from ssi.migration import LiveSource, LiveTarget
-
-T = TypeVar("T")
-
-# Holds N written bytes and ticks "<pid> <n> <realtime>" every 10 ms.
-MEMORY_COUNTER = r"""
-import os, sys, time
-block = bytearray(b"\xa5") * int(sys.argv[2])
-n = 0
-with open(sys.argv[1], "a", buffering=1) as out:
-    while True:
-        out.write(f"{os.getpid()} {n} {time.time():.6f}\n")
-        n += 1
-        time.sleep(0.01)
-"""
+from benchmarks._workloads import python_job, read_ticks, wait_ticks  # noqa: E402
+from ssi.local.ssids import LocalSsiCluster, wait_for  # noqa: E402
+from ssi.local.testing import free_subnet, unique_prefix  # noqa: E402
+from ssi.proto import messages as m  # noqa: E402
 
 
-class NodeThread:
-    """A long-lived thread inside a node's network namespace (only): jobs it
-    starts and trees it restores land there, and stay its children."""
-
-    def __init__(self, netns_path: str) -> None:
-        self._pool = ThreadPoolExecutor(
-            max_workers=1,
-            initializer=kernel_shim.setns,
-            initargs=(netns_path, kernel_shim.NsType.NET),
-        )
-
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return self._pool.submit(fn, *args).result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
-@dataclass
-class Side:
-    node: str
-    address: str
-    rt: JobRuntime
-    thread: NodeThread
-
-
-@contextlib.contextmanager
-def two_nodes(work: Path) -> Iterator[tuple[LocalCluster, Side, Side]]:
-    """A 2-node local cluster with a JobRuntime per node (own cgroup base and
-    root, CRIU in the node's netns, one status dir) and a thread in each node."""
-    kernel_shim.set_child_subreaper()
-    binary = config.resolve_criu(config.load())
-    cluster = make_cluster(2)
-    token = secrets.token_hex(3)
-    status = Path(f"/run/ssi-mig-{token}")
-    sides: list[Side] = []
+def measure_ssi(
+    c: LocalSsiCluster, size: int, work: Path, *, live: bool, write_pages: int
+) -> Result:
+    """Submit a MEMORY_COUNTER job on node1, move it to node2 through the
+    coordinator, measure, kill it."""
+    ticks = work / f"ssi-{secrets.token_hex(3)}.ticks"
+    argv = python_job(MEMORY_COUNTER, str(ticks), str(size), str(write_pages))
+    job = c.call(
+        "node1",
+        m.JobSubmit(
+            argv=argv,
+            cwd=str(work),
+            stdout=str(ticks.with_suffix(".out")),
+            env={"PATH": os.environ["PATH"]},
+            node="node1",
+        ),
+    )["id"]
     try:
-        for n in cluster.nodes:
-            rt = JobRuntime(
-                work / n.name,
-                Criu(binary, netns=n.netns_path),
-                n.name,
-                cgroups=detect(f"ssi-mig-{token}-{n.name}"),
-                status_dir=status,
-            )
-            sides.append(Side(n.name, n.address, rt, NodeThread(n.netns_path)))
-        yield cluster, sides[0], sides[1]
+        wait_ticks(ticks, 3, timeout=120)
+        wait_for("the job to run", lambda: _state(c, job) == "running", 30)
+        before = len(read_ticks(ticks))
+        fig = c.call("node1", m.JobMigrate(job=job, node="node2", live=live), 900)
+        gap = pause_during(ticks, before)
+        pages = int(fig.get("page_bytes", 0))
+        # The coordinator's clock, from its first request of the move to the
+        # target's answer: restored (cold), every page arrived (live).
+        total = fig["last_page_seconds"] if live else fig["freeze_seconds"]
+        restore = fig["freeze_seconds"]  # the coordinator's view of the freeze
+        return Result(size, gap, total, restore, int(fig["bytes"]) - pages, pages)
     finally:
-        for s in sides:
-            for job in s.rt.jobs():
-                with contextlib.suppress(Exception):
-                    s.rt.forget(job.job_id, kill=True)
-            s.thread.close()
-            with contextlib.suppress(Exception):
-                from ssi.jobs.testing import purge
-
-                purge(s.rt.cgroups)
-        cluster.down()
-        shutil.rmtree(status, ignore_errors=True)
+        c.call("node1", m.JobKill(job=job, signal=9))
+        wait_for("the job to end", lambda: _state(c, job) != "running", 60)
 
 
-def start_counter_job(side: Side, work: Path, job_id: str, size: int) -> Path:
-    """A MEMORY_COUNTER job on `side`; returns its tick file once it ticks."""
-    out = work / f"{job_id}.ticks"
-    spec = JobSpec(
-        argv=python_job(MEMORY_COUNTER, str(out), str(size)),
-        cwd=str(work),
-        stdout=str(work / f"{job_id}.out"),
-    )
-    side.thread.run(side.rt.start, job_id, spec)
-    wait_ticks(out, 3, timeout=120)
+def _state(c: LocalSsiCluster, job: int) -> str:
+    return str(c.call("node1", m.JobShow(job=job))["state"])
+
+
+Measure = Callable[[int, Path], Result]
+
+
+def modes(c: LocalSsiCluster, a: Side, b: Side) -> dict[str, Measure]:
+    w = WRITE_PAGES
+    return {
+        "raw cold": lambda s, d: measure_raw_cold(s, d, a, b),
+        "ssi cold": lambda s, d: measure_ssi(c, s, d, live=False, write_pages=0),
+        "raw lazy": lambda s, d: measure_raw_lazy(s, d, a, b),
+        "node live": lambda s, d: measure_live(s, d, a, b),
+        "ssi live": lambda s, d: measure_ssi(c, s, d, live=True, write_pages=0),
+        "raw lazy+w": lambda s, d: measure_raw_lazy(s, d, a, b, w),
+        "ssi live+w": lambda s, d: measure_ssi(c, s, d, live=True, write_pages=w),
+    }
+
+
+def median_rows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (size, mode): the median of each figure over the repeats."""
+    keys: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for s in samples:
+        keys.setdefault((s["size"], s["mode"]), []).append(s)
+    rows = []
+    for (size, mode), group in keys.items():
+        row: dict[str, Any] = {"size": size, "mode": mode, "runs": len(group)}
+        for k in ("freeze_s", "total_s", "restore_s", "image_bytes", "page_bytes"):
+            row[k] = statistics.median(g[k] for g in group)
+        moved = (g["image_bytes"] + g["page_bytes"] for g in group)
+        row["bytes"] = statistics.median(moved)
+        rows.append(row)
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The goals' ratios, from the medians (absent when a mode was not run)."""
+    at = {(r["size"], r["mode"]): r for r in rows}
+    sizes = sorted({r["size"] for r in rows})
+    out: dict[str, float] = {}
+
+    def put(name: str, num: tuple[int, str, str], den: tuple[int, str, str]) -> None:
+        a, b = at.get(num[:2]), at.get(den[:2])
+        if a and b and b[den[2]]:
+            out[name] = a[num[2]] / b[den[2]]
+
+    for s in sizes:
+        f = format_size(s)
+        put(f"{f} live freeze / raw lazy", (s, "ssi live", "freeze_s"),
+            (s, "raw lazy", "freeze_s"))  # fmt: skip
+        put(f"{f} node live freeze / raw lazy", (s, "node live", "freeze_s"),
+            (s, "raw lazy", "freeze_s"))  # fmt: skip
+        put(f"{f} live+w total / raw lazy+w", (s, "ssi live+w", "total_s"),
+            (s, "raw lazy+w", "total_s"))  # fmt: skip
+        put(f"{f} cold total / raw cold", (s, "ssi cold", "total_s"),
+            (s, "raw cold", "total_s"))  # fmt: skip
+    if sizes:
+        lo, hi = sizes[0], sizes[-1]
+        put(f"live freeze {format_size(hi)} / {format_size(lo)}",
+            (hi, "ssi live", "freeze_s"), (lo, "ssi live", "freeze_s"))  # fmt: skip
     return out
 
 
-@dataclass(frozen=True)
-class LiveResult:
-    size: int
-    freeze_s: float  # longest gap the job saw
-    total_s: float  # freeze to last page arrived
-    restore_s: float
-    image_bytes: int
-    page_bytes: int
-
-
-def live_migrate(
-    src: Side, dst: Side, job_id: str, work: Path, *, fail: str | None = None
-) -> tuple[float, int, int, float]:
-    """Move job_id from src to dst live; (total s, image bytes, page bytes, restore s).
-    fail: inject "daemon" (the target's lazy-pages daemon killed before the
-    restore) or "restore" (the pushed images spoiled): the source resumes."""
-    src_dir = work / f"{job_id}.{src.node}.live"
-    dst_dir = dst.rt.root / f".{job_id}.incoming"
-    t0 = time.perf_counter()
-    source = src.thread.run(LiveSource.begin, src.rt, job_id, src_dir, src.address)
-    try:
-        shutil.copytree(src_dir, dst_dir)  # the executor: ssi.transfer.send_dir
-        if fail == "restore":
-            (dst_dir / "pstree.img").write_bytes(b"spoiled")
-        if fail == "daemon":
-            _kill_daemon_before_restore(dst)
-        target = dst.thread.run(
-            LiveTarget.begin, dst.rt, job_id, dst_dir, source.page_server
-        )
-        report = target.wait_pages()
-    except BaseException:
-        source.abort()
-        shutil.rmtree(dst_dir, ignore_errors=True)
-        raise
-    source.commit()
-    total = time.perf_counter() - t0
-    return total, source.manifest.total_bytes, report.page_bytes, report.restore_seconds
-
-
-def _kill_daemon_before_restore(dst: Side) -> None:
-    """Fault injection: the target's lazy-pages daemon dies right after it starts."""
-    real = dst.rt.criu.lazy_pages
-
-    def dying(*a: Any, **kw: Any) -> Any:
-        d = real(*a, **kw)
-        d.kill()
-        return d
-
-    dst.rt.criu.lazy_pages = dying  # type: ignore[method-assign]
-
-
-def measure_live(size: int, work: Path, src: Side, dst: Side) -> LiveResult:
-    job_id = f"live-{format_size(size)}-{secrets.token_hex(2)}"
-    ticks = start_counter_job(src, work, job_id, size)
-    before = len(read_ticks(ticks))
-    total, img, pages, restore_s = live_migrate(src, dst, job_id, work)
-    wait_ticks(ticks, before + 30, timeout=60)
-    gap = longest_pause(read_ticks(ticks))
-    dst.rt.forget(job_id, kill=True)
-    src.rt.forget(job_id)
-    return LiveResult(size, gap, total, restore_s, img, pages)
-
-
-# -- raw CRIU, same job, same nodes ------------------------------------------------
-
-
-def _raw_job(side: Side, work: Path, size: int) -> tuple[Job, Path]:
-    out = work / f"raw-{secrets.token_hex(2)}.ticks"
-    job = side.thread.run(
-        start_job, python_job(MEMORY_COUNTER, str(out), str(size)), work
+def print_table(rows: list[dict[str, Any]], ratio: dict[str, float]) -> None:
+    print(
+        f"{'size':>5} {'mode':11} {'freeze':>9} {'total':>9} {'images':>10} "
+        f"{'pages':>10} {'runs':>4}"
     )
-    wait_ticks(out, 3, timeout=120)
-    return job, out
-
-
-def measure_raw_lazy(size: int, work: Path, src: Side, dst: Side) -> LiveResult:
-    job, out = _raw_job(src, work, size)
-    images = Path(tempfile.mkdtemp(dir=work))
-    moved = Path(tempfile.mkdtemp(dir=work)) / "img"
-    restored: Job | None = None
-    try:
-        t0 = time.perf_counter()
-        dump = src.rt.criu.dump_lazy(job.pid, images, 27199)
-        dump.wait_ready(60)
-        shutil.copytree(images, moved)
-        daemon = dst.rt.criu.lazy_pages(moved, src.address, 27199)
-        res = dst.thread.run(
-            lambda: dst.rt.criu.restore(moved, options=RestoreOptions(lazy_pages=True))
+    for r in rows:
+        print(
+            f"{format_size(r['size']):>5} {r['mode']:11} "
+            f"{r['freeze_s'] * 1e3:7.1f}ms {r['total_s']:8.3f}s "
+            f"{r['image_bytes'] / 1e6:8.2f}MB {r['page_bytes'] / 1e6:8.2f}MB "
+            f"{r['runs']:4d}"
         )
-        restored = Job(res.pid, res.pid)
-        restore_s = time.perf_counter() - t0
-        daemon.wait(600)
-        dump.wait(60)
-        total = time.perf_counter() - t0
-        job.kill()
-        n = len(read_ticks(out))
-        wait_ticks(out, n + 30, timeout=60)
-        img = sum(p.stat().st_size for p in images.iterdir())
-        from ssi.migration.driver import _page_bytes
-
-        pages = _page_bytes(daemon.log_path)
-        return LiveResult(
-            size, longest_pause(read_ticks(out)), total, restore_s, img, pages
-        )
-    finally:
-        job.kill()
-        if restored is not None:
-            restored.kill()
-
-
-def measure_raw_cold(size: int, work: Path, src: Side, dst: Side) -> LiveResult:
-    job, out = _raw_job(src, work, size)
-    images = Path(tempfile.mkdtemp(dir=work))
-    moved = Path(tempfile.mkdtemp(dir=work)) / "img"
-    restored: Job | None = None
-    try:
-        t0 = time.perf_counter()
-        src.rt.criu.dump(job.pid, images)
-        job.reaped()
-        shutil.copytree(images, moved)
-        res = dst.thread.run(lambda: dst.rt.criu.restore(moved))
-        restored = Job(res.pid, res.pid)
-        total = time.perf_counter() - t0
-        n = len(read_ticks(out))
-        wait_ticks(out, n + 30, timeout=60)
-        img = sum(p.stat().st_size for p in images.iterdir())
-        return LiveResult(size, longest_pause(read_ticks(out)), total, total, img, 0)
-    finally:
-        job.kill()
-        if restored is not None:
-            restored.kill()
+    print()
+    for name, value in ratio.items():
+        print(f"{name:36} {value:6.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="10M,100M,1G")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--modes", default="", help="comma-separated subset of modes")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--work", default="/dev/shm")
+    ap.add_argument("--work", default="/dev/shm", help="tmpfs for images and ticks")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -280,30 +188,37 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="ssi-bench-mig-", dir=args.work))
     os.chmod(work, 0o755)
-    rows: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
+    cluster = LocalSsiCluster(2, prefix=unique_prefix("bm"), subnet=free_subnet())
     try:
-        with two_nodes(work) as (_c, a, b):
-            for size in sizes:
-                for mode, fn in (
-                    ("ssi live", measure_live),
-                    ("raw lazy", measure_raw_lazy),
-                    ("raw cold", measure_raw_cold),
-                ):
-                    r = fn(size, work, a, b)
-                    rows.append({"mode": mode, **asdict(r)})
-                    if not args.json:
-                        ms = r.freeze_s * 1e3
-                        print(
-                            f"{format_size(size):>5} {mode:9} freeze {ms:7.1f} ms"
-                            f"  total {r.total_s:6.3f} s"
-                            f"  images {r.image_bytes / 1e6:7.2f} MB"
-                            f"  pages {r.page_bytes / 1e6:8.2f} MB",
-                            flush=True,
-                        )
+        cluster.up()
+        with two_nodes(work) as (_nodes, a, b):
+            chosen = modes(cluster, a, b)
+            if args.modes:
+                want = [x.strip() for x in args.modes.split(",")]
+                chosen = {k: v for k, v in chosen.items() if k in want}
+            for run in range(args.repeat):
+                for size in sizes:
+                    for mode, measure in chosen.items():
+                        r = measure(size, work)
+                        samples.append({"mode": mode, "run": run, **asdict(r)})
+                        if not args.json:
+                            print(
+                                f"# run {run} {format_size(size):>5} {mode:11}"
+                                f" freeze {r.freeze_s * 1e3:7.1f} ms"
+                                f" total {r.total_s:7.3f} s",
+                                file=sys.stderr,
+                                flush=True,
+                            )
     finally:
+        cluster.down()
         shutil.rmtree(work, ignore_errors=True)
+    rows = median_rows(samples)
+    ratio = ratios(rows)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"rows": rows, "ratios": ratio, "samples": samples}, indent=2))
+    else:
+        print_table(rows, ratio)
     return 0
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno as _errno
+import ipaddress
 import logging
 import os
 import re
@@ -43,6 +44,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,8 @@ ImagesDir = str | os.PathLike[str] | int  # a path, or an open directory fd (kep
 # Error lines CRIU logs on this machine on every run without failing because of them:
 # no CAP_SYS_RESOURCE, so it cannot raise its own RLIMIT_NOFILE.
 _BENIGN = ("rlimit: Can't setup RLIMIT_NOFILE",)
+# What `criu lazy-pages` reads before it listens for the restore (the rest later).
+EARLY_IMAGES = ("inventory.img", "pstree.img")
 _REQUIRED = ("inventory.img", "pstree.img")  # a restore reads nothing without them
 # Closing lines that only repeat that the operation failed.
 _GENERIC = re.compile(r"^(Dumping|Restoring|Pre-dumping) FAILED\.?$")
@@ -373,17 +377,28 @@ class Criu:
         images_dir: str | os.PathLike[str],
         port: int,
         *,
+        address: str | None = None,
+        ps_fd: int | None = None,
+        on_ready: Callable[[], None] | None = None,
         log_file: str = "dump.log",
         options: DumpOptions | None = None,
     ) -> LazyDump:
         """Start a post-copy dump of the tree rooted at `pid`: CRIU writes every image
-        but the memory pages to images_dir, then serves the pages on TCP `port` (all
-        addresses of CRIU's network namespace: CRIU's RPC ignores the address of a
-        lazy dump) to one `criu lazy-pages` daemon, and ends once it has them all.
+        but the memory pages to images_dir, then serves the pages on TCP
+        `address`:`port` (an IP address of CRIU's network namespace; None: all of
+        them) to the first `criu lazy-pages` daemon that connects, and ends once it
+        has them all. ValueError if `address` is no IP address.
+
+        ps_fd: a TCP socket already connected to where the daemon will run (its
+        `--ps-socket`), served instead: CRIU then listens on nothing (`port` and
+        `address` unused). The caller keeps its own copy open until the end.
 
         Returns at once; LazyDump.wait_ready() says when the images are whole and the
-        page server listens. The tree is left running at the end (leave_running):
-        the caller holds it frozen through its cgroup and kills it once moved.
+        page server listens. on_ready() is called (from another thread) at that
+        moment, while CRIU still holds the tree stopped; if it raises, the dump
+        fails. The tree is left running at the end (leave_running): the caller
+        holds it frozen through its cgroup (freezing it from on_ready keeps it
+        stopped from CRIU's seizure on) and kills it once moved.
         """
         o = options or DumpOptions()
         req = rpc.criu_req()
@@ -409,8 +424,11 @@ class Criu:
         opts.log_file = log_file
         opts.log_level = o.log_level
         path = Path(images_dir)
-        log_path = Path(o.work_dir or path) / log_file
-        return LazyDump(self, req, path, log_path, o.work_dir, port)
+        work = Path(o.work_dir or path)
+        if ps_fd is not None or address is not None:
+            opts.config_file = str(_page_server_config(work, address, ps_fd))
+        log_path = work / log_file
+        return LazyDump(self, req, path, log_path, o.work_dir, port, on_ready, ps_fd)
 
     def lazy_pages(
         self,
@@ -418,14 +436,39 @@ class Criu:
         address: str,
         port: int,
         *,
+        ps_fd: int | None = None,
         work_dir: str | None = None,
         log_file: str = "lazy-pages.log",
         log_level: int = 4,
     ) -> LazyPagesDaemon:
         """Start `criu lazy-pages` (in self.netns) for the images in images_dir,
-        fetching pages from the page server at address:port; returns once it
-        listens for the restore (whose work_dir must be the same). It exits once
-        every page of the restored tree has arrived (LazyPagesDaemon.wait)."""
+        fetching pages from the page server at address:port, or on ps_fd, a socket
+        already connected to it (Criu.dump_lazy's ps_fd); returns once it listens
+        for the restore (whose work_dir must be the same). It exits once every page
+        of the restored tree has arrived (LazyPagesDaemon.wait)."""
+        daemon = self.start_lazy_pages(
+            images_dir, address, port, ps_fd=ps_fd, work_dir=work_dir,
+            log_file=log_file, log_level=log_level,
+        )  # fmt: skip
+        daemon.wait_started(self.SWRK_EXIT_TIMEOUT)
+        return daemon
+
+    def start_lazy_pages(
+        self,
+        images_dir: str | os.PathLike[str],
+        address: str,
+        port: int,
+        *,
+        ps_fd: int | None = None,
+        work_dir: str | None = None,
+        log_file: str = "lazy-pages.log",
+        log_level: int = 4,
+    ) -> LazyPagesDaemon:
+        """lazy_pages() without waiting: the daemon may start before its images are
+        whole. It spends its first tens of ms probing the kernel (no kdat cache on
+        a /run that is not tmpfs), then reads inventory.img and pstree.img, and the
+        other images only once the restore connects; those two may be FIFOs the
+        caller fills later. LazyPagesDaemon.wait_started() before the restore."""
         images = Path(images_dir)
         work = Path(work_dir) if work_dir else images
         log_path = work / log_file
@@ -433,9 +476,12 @@ class Criu:
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         argv = [
             self.binary, "lazy-pages", "-D", str(images), "-W", str(work),
-            "--page-server", "--address", address, "--port", str(port),
-            "-o", log_file, f"-v{log_level}", "--status-fd", str(w),
+            "--page-server", "-o", log_file, f"-v{log_level}", "--status-fd", str(w),
         ]  # fmt: skip
+        if ps_fd is None:
+            argv += ["--address", address, "--port", str(port)]
+        else:  # already connected to the dump's page server: CRIU connects nowhere
+            argv += ["--ps-socket", str(ps_fd)]
         try:
             try:
                 child = kernel_shim.spawn(
@@ -444,33 +490,20 @@ class Criu:
                     stdin=null,
                     stdout=null,
                     stderr=null,
-                    pass_fds=(w,),
+                    pass_fds=(w,) if ps_fd is None else (w, ps_fd),
                     new_session=False,
                 )
             except OSError as e:
                 raise CriuError(
                     "lazy-pages", f"cannot start {self.binary}: {e}"
                 ) from None
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
             os.close(null)
-        daemon = LazyPagesDaemon(child, log_path)
-        try:
-            ready = select.select([r], [], [], self.SWRK_EXIT_TIMEOUT)[0]
-            got = os.read(r, 1) if ready else b""
-        finally:
-            os.close(r)
-        if not got:
-            daemon.kill()
-            raise CriuError(
-                "lazy-pages",
-                f"lazy-pages daemon for {address}:{port} did not start"
-                f" ({daemon.status})",
-                errors=log_errors(log_path) or _last_line(log_path),
-                log_path=log_path,
-                images_dir=images,
-            )
-        return daemon
+        return LazyPagesDaemon(child, log_path, r, images)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -655,6 +688,22 @@ def _stats(path: Path, kind: str) -> dict[str, int]:
         return {}
 
 
+def _page_server_config(work_dir: Path, address: str | None, fd: int | None) -> Path:
+    """A CRIU RPC configuration file for a lazy dump's page server: serve on the
+    connected socket `fd` (listen on nothing), else listen on `address` only.
+    CRIU 4.1.1's RPC copies ps.address and ps.fd for a plain page server but not
+    for a lazy dump (cr-service.c, setup_opts_from_req), which then binds every
+    address; options of the request's config_file are applied after the RPC's,
+    and `ps-socket` and `address` there are honoured (as on the command line)."""
+    if fd is not None:
+        line = f"ps-socket {int(fd)}"
+    else:
+        line = f"address {ipaddress.ip_address(address or '')}"  # ValueError if not
+    conf = work_dir / "lazy-dump.conf"
+    conf.write_text(line + "\n")
+    return conf
+
+
 # Page server protocol (criu/page-xfer.c): struct page_server_iov {u32 cmd, nr_pages;
 # u64 vaddr, dst_id}; PS_IOV_CLOSE ends a lazy dump's page server cleanly.
 _PS_IOV = struct.Struct("=IIQQ")
@@ -673,8 +722,12 @@ class LazyDump:
         log_path: Path,
         work_dir: str | None,
         port: int,
+        on_ready: Callable[[], None] | None = None,
+        ps_fd: int | None = None,
     ) -> None:
         self.images_dir = images_dir
+        self._on_ready = on_ready
+        self._ps_fd = ps_fd
         self.log_path = log_path
         self.port = port
         self.started = time.perf_counter()
@@ -709,7 +762,8 @@ class LazyDump:
                     stdin=null,
                     stdout=null,
                     stderr=null,
-                    pass_fds=(theirs.fileno(), *self._dirs),
+                    pass_fds=(theirs.fileno(), *self._dirs)
+                    + (() if ps_fd is None else (ps_fd,)),
                     new_session=False,
                 )
             except OSError as e:
@@ -740,12 +794,12 @@ class LazyDump:
                 if resp.type != rpc.NOTIFY:
                     self._resp = resp
                     return
+                ok = True
                 if resp.notify.script == "status-ready":
-                    self.ready_seconds = time.perf_counter() - self.started
-                    self._ready.set()
+                    ok = self._ready_now()
                 ack = rpc.criu_req()
                 ack.type = rpc.NOTIFY
-                ack.notify_success = True
+                ack.notify_success = ok
                 self._sk.send(ack.SerializeToString())
         except OSError as e:
             self._failure = f"RPC with CRIU failed: {e}"
@@ -758,6 +812,20 @@ class LazyDump:
             self._close_dirs()
             self._done.set()
             self._ready.set()  # wake a waiter: it sees the failure
+
+    def _ready_now(self) -> bool:
+        """Images whole, server listening, the tree still held by CRIU: run the
+        caller's hook before CRIU goes on (a failing hook fails the dump, and CRIU
+        lets the tree run on)."""
+        if self._on_ready is not None:
+            try:
+                self._on_ready()
+            except Exception as e:  # noqa: BLE001 (any failure fails the dump)
+                self._failure = f"the ready hook failed: {e}"
+                return False
+        self.ready_seconds = time.perf_counter() - self.started
+        self._ready.set()
+        return True
 
     def _close_dirs(self) -> None:
         for fd in self._dirs:
@@ -814,10 +882,15 @@ class LazyDump:
         (CRIU then sees its connection close and ends too)."""
         if self.done:
             return
-        with contextlib.suppress(OSError):
-            with socket.create_connection((address, self.port), timeout=timeout) as s:
-                s.sendall(_PS_IOV.pack(_PS_IOV_CLOSE, 0, 0, 0))
-                s.recv(4)
+        if self._ps_fd is not None:  # its end of the socket reads EOF: CRIU is done
+            with contextlib.suppress(OSError):
+                with socket.socket(fileno=os.dup(self._ps_fd)) as s:
+                    s.shutdown(socket.SHUT_RDWR)
+        else:
+            with contextlib.suppress(OSError):
+                with socket.create_connection((address, self.port), timeout) as s:
+                    s.sendall(_PS_IOV.pack(_PS_IOV_CLOSE, 0, 0, 0))
+                    s.recv(4)
         if not self._done.wait(timeout):
             self.kill()
 
@@ -831,9 +904,13 @@ class LazyDump:
 class LazyPagesDaemon:
     """A `criu lazy-pages` process of ours (Criu.lazy_pages)."""
 
-    def __init__(self, pid: int, log_path: Path) -> None:
+    def __init__(
+        self, pid: int, log_path: Path, status_fd: int = -1, images: Path | None = None
+    ) -> None:
         self.pid = pid
         self.log_path = log_path
+        self.images = images
+        self._status_fd = status_fd  # readable once it listens for the restore
         self.started = time.perf_counter()
         self.seconds: float | None = None  # start to exit
         self.returncode: int | None = None
@@ -865,11 +942,35 @@ class LazyPagesDaemon:
         self.status = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         return rc
 
+    def wait_started(self, timeout: float) -> None:
+        """Block until it listens for the restore; CriuError (and killed) if it
+        ended or did not get there within `timeout` s. Idempotent."""
+        if self._status_fd < 0:
+            return
+        try:
+            ready = select.select([self._status_fd], [], [], timeout)[0]
+            got = os.read(self._status_fd, 1) if ready else b""
+        finally:
+            os.close(self._status_fd)
+            self._status_fd = -1
+        if not got:
+            self.kill()
+            raise CriuError(
+                "lazy-pages",
+                f"lazy-pages daemon did not start ({self.status})",
+                errors=log_errors(self.log_path) or _last_line(self.log_path),
+                log_path=self.log_path,
+                images_dir=self.images,
+            )
+
     def kill(self) -> None:
         if self.returncode is None:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
             self.wait(Criu.SWRK_EXIT_TIMEOUT)
+        if self._status_fd >= 0:
+            os.close(self._status_fd)
+            self._status_fd = -1
 
     def error(self) -> CriuError:
         """What went wrong, as a CriuError (call after a non-zero wait())."""

@@ -164,12 +164,29 @@ class Migrations:
             job.but(state=JobState.MIGRATING), "migrating", to=target.name
         )
         t0 = time.monotonic()
+        channel = None
+        if live:  # the target listens for the source's connection (images, pages)
+            try:
+                channel = await self._call(
+                    target,
+                    m.AgentLivePrepare(
+                        job=job.id, migration=name, source=source.address
+                    ),
+                    timeout=30.0,
+                    cause=cause,
+                )
+            except SsiError as e:
+                raise self._failed(job, target, "prepare", e) from None
         self._phase(job, "dumping", source.name, name)
         try:
             out = await self._call(
                 source,
                 m.AgentMigrateOut(
-                    job=job.id, migration=name, target=endpoint(target), live=live
+                    job=job.id,
+                    migration=name,
+                    target=endpoint(target),
+                    live=live,
+                    channel=channel,
                 ),
                 timeout=MOVE_TIMEOUT,
                 cause=cause,
@@ -177,6 +194,7 @@ class Migrations:
         except SsiError as e:  # the source thawed it, unless its ssid died meanwhile
             await self._undo(job, source, target, name)
             raise self._failed(job, target, "dump or transfer", e) from None
+
         t1 = time.monotonic()
         self._phase(job, "restoring", target.name, name)
         try:
@@ -228,7 +246,9 @@ class Migrations:
                 freeze_seconds=frozen + restored["restore_seconds"],
                 restore_seconds=restored["restore_seconds"],
                 pages_seconds=restored["pages_seconds"],
+                last_page_seconds=t2 - t0,  # the target answers once all arrived
                 bytes=out["bytes"] + restored["page_bytes"],
+                page_bytes=restored["page_bytes"],
             )
         self.store.add_job_event(job.id, "migrated", figures)
         try:  # the frozen copy on the source may go

@@ -214,6 +214,11 @@ class Cgroups(ABC):
     def thaw(self, job_id: str, timeout: float = 10.0) -> None:
         """Let the job run again; returns once the kernel says it is thawed."""
 
+    @abstractmethod
+    def freeze_later(self, job_id: str) -> None:
+        """Ask for the job's freeze without waiting for it: for processes a tracer
+        (CRIU) holds stopped, which enter the freezer only once it lets them go."""
+
     # -- accounting --------------------------------------------------------------
 
     @abstractmethod
@@ -286,6 +291,9 @@ class CgroupV1(Cgroups):
 
     def thaw(self, job_id: str, timeout: float = 10.0) -> None:
         self._set(job_id, "THAWED", timeout)
+
+    def freeze_later(self, job_id: str) -> None:
+        _write(self.freezer_dir(job_id) / "freezer.state", "FROZEN")
 
     def _set(self, job_id: str, want: str, timeout: float) -> None:
         state_file = self.freezer_dir(job_id) / "freezer.state"
@@ -368,6 +376,9 @@ class CgroupV2(Cgroups):
 
     def thaw(self, job_id: str, timeout: float = 10.0) -> None:
         self._set(job_id, "0", timeout)
+
+    def freeze_later(self, job_id: str) -> None:
+        _write(self.freezer_dir(job_id) / "cgroup.freeze", "1")
 
     def _set(self, job_id: str, want: str, timeout: float) -> None:
         d = self.freezer_dir(job_id)

@@ -142,7 +142,13 @@ def checkpoint(
 
 
 def checkpoint_lazy(
-    rt: JobRuntime, job: LocalJob, dest: Path, port: int, ready_timeout: float
+    rt: JobRuntime,
+    job: LocalJob,
+    dest: Path,
+    port: int,
+    ready_timeout: float,
+    address: str | None = None,
+    ps_fd: int | None = None,
 ) -> tuple[Manifest, LazyDump]:
     """JobRuntime.checkpoint_lazy's work (see there)."""
     job_id = job.job_id
@@ -160,12 +166,18 @@ def checkpoint_lazy(
         cut = False
         try:
             dest.mkdir(mode=0o700)
-            rt.cgroups.freeze(job_id)
-            cut = netjobs.cut(rt, job)
+            # Not frozen by us first: CRIU freezes and seizes the job itself (through
+            # freeze_cgroup) once it has started, which takes a fresh process ~60 ms
+            # of probing the kernel here; the freeze that holds the job after CRIU
+            # is asked for while CRIU still holds it stopped (on_ready).
+            cut = netjobs.cut(rt, job)  # the job's link down: our lock
             dump = rt.criu.dump_lazy(
                 job.init_pid,
                 dest,
                 port,
+                address=address,
+                ps_fd=ps_fd,
+                on_ready=lambda: rt.cgroups.freeze_later(job_id),
                 options=DumpOptions(
                     freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
                     manage_cgroups=CgroupMode.SOFT,
@@ -273,7 +285,10 @@ def restore(
     PIDs inside unchanged. Conflict if the job runs here. CriuError if CRIU fails
     (nothing of the job is left then)."""
     ckpt = Path(ckpt)
-    m = mf.verify(ckpt, digests=not checked)
+    # A copy checked on arrival just now (by the agent, or for a live move by
+    # ssi.migration.channel against the manifest's digests) is not hashed again.
+    verified = checked or (lazy is not None and lazy.verified)
+    m = mf.verify(ckpt, digests=not verified)
     if m.job_id != job_id:
         raise BadRequest(f"checkpoint {ckpt} is of job {m.job_id}, not {job_id}")
     run_dir = rt.root / job_id
@@ -319,16 +334,24 @@ def restore(
 class _Lazy:
     """A lazy restore's source of pages, and the daemon started for it."""
 
-    def __init__(self, source: PageServer) -> None:
+    def __init__(
+        self, source: PageServer, verified: bool, daemon: LazyPagesDaemon | None
+    ) -> None:
         self.source = source
-        self.daemon: LazyPagesDaemon | None = None
+        self.verified = verified  # images checked on arrival: no hashing again
+        self.daemon = daemon  # started early (Criu.start_lazy_pages), or by us
 
 
 def restore_lazy(
-    rt: JobRuntime, job_id: str, ckpt: Path, source: PageServer
+    rt: JobRuntime,
+    job_id: str,
+    ckpt: Path,
+    source: PageServer,
+    verified: bool,
+    daemon: LazyPagesDaemon | None,
 ) -> tuple[LocalJob, LazyPagesDaemon]:
     """JobRuntime.restore_lazy's work (see there)."""
-    lazy = _Lazy(source)
+    lazy = _Lazy(source, verified, daemon)
     job = restore(rt, job_id, ckpt, lazy)
     assert lazy.daemon is not None
     return job, lazy.daemon
@@ -362,9 +385,15 @@ def _restore(
     if m.cgroup != rec.cgroup:
         roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
     net = netjobs.prepare_restore(rt, job, ckpt)  # {}: on the node's network
-    if lazy is not None:
+    if lazy is not None and lazy.daemon is not None:
+        lazy.daemon.wait_started(rt.criu.SWRK_EXIT_TIMEOUT)
+    elif lazy is not None:
         lazy.daemon = rt.criu.lazy_pages(
-            ckpt, lazy.source.address, lazy.source.port, work_dir=str(run_dir)
+            ckpt,
+            lazy.source.address,
+            lazy.source.port,
+            ps_fd=lazy.source.fd,
+            work_dir=str(run_dir),
         )
     res = rt.criu.restore(
         ckpt,

@@ -560,29 +560,51 @@ class JobRuntime:
         )
 
     def checkpoint_lazy(
-        self, job_id: str, dest: Path, *, port: int, ready_timeout: float = 30.0
+        self,
+        job_id: str,
+        dest: Path,
+        *,
+        port: int,
+        ready_timeout: float = 30.0,
+        address: str | None = None,
+        ps_fd: int | None = None,
     ) -> tuple[Manifest, LazyDump]:
         """The post-copy variant of checkpoint(hold=True), a live migration's source:
         freeze, dump every image but the memory pages into `dest` (must not exist),
-        write its manifest, and serve the pages on TCP `port` (this node's network
-        namespace) to one `criu lazy-pages` daemon. Returns once `dest` is whole and
-        the server listens; the job stays frozen until settle(). Before settling,
+        write its manifest, and serve the pages on TCP `address`:`port` (an address
+        of this node's network namespace; None: all) to one `criu lazy-pages`
+        daemon, or on `ps_fd`, a TCP socket connected to where that daemon will
+        run (ssi.migration.channel), listening on nothing. The job is frozen from
+        CRIU's seizure of it. Returns once `dest` is whole and the server listens;
+        the job stays frozen until settle(). Before settling,
         LazyDump.wait() (every page delivered) or, to abort,
         LazyDump.close_page_server() must end CRIU. On failure nothing of `dest` is
         left and the job runs on: CriuError, CheckpointFailed."""
         return checkpointing.checkpoint_lazy(
-            self, self.job(job_id), Path(dest), port, ready_timeout
+            self, self.job(job_id), Path(dest), port, ready_timeout, address, ps_fd
         )
 
     def restore_lazy(
-        self, job_id: str, ckpt: Path, source: PageServer
+        self,
+        job_id: str,
+        ckpt: Path,
+        source: PageServer,
+        *,
+        verified: bool = False,
+        daemon: LazyPagesDaemon | None = None,
     ) -> tuple[LocalJob, LazyPagesDaemon]:
         """restore(), post-copy: `ckpt` holds the images of checkpoint_lazy (no
         pages); a `criu lazy-pages` daemon fetches the pages from the page server at
         `source` while the job runs. The daemon exits once the last page arrived
         (LazyPagesDaemon.wait() == 0); if it fails, the job's memory is incomplete:
-        kill the job. Errors as restore()."""
-        return checkpointing.restore_lazy(self, job_id, Path(ckpt), source)
+        kill the job. `source.fd`: a socket already connected to the page server.
+        verified: the images were checked against the manifest's digests on
+        arrival, and are not hashed again. daemon: one started already for these
+        images (Criu.start_lazy_pages, work_dir the job's run directory), used
+        instead of starting one. Errors as restore()."""
+        return checkpointing.restore_lazy(
+            self, job_id, Path(ckpt), source, verified, daemon
+        )
 
     def settle(self, job_id: str, *, moved: bool) -> None:
         """After checkpoint(hold=True), which leaves the job frozen: it moved (killed

@@ -7,15 +7,17 @@ import contextlib
 import logging
 import re
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
 
 from ssi.checkpoint import CriuError, LazyDump, LazyPagesDaemon, PageServer
-from ssi.jobs.manifest import Manifest
+from ssi.jobs.manifest import MANIFEST, Manifest, sha256_file
 from ssi.jobs.runtime import JobRuntime
+from ssi.migration.channel import send_images
 from ssi.migration.state import LiveTunables, Phase, SourceReport, TargetReport
-from ssi.proto.errors import Conflict
+from ssi.proto.errors import Conflict, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class LiveSource:
         manifest: Manifest,
         dump: LazyDump,
         frozen_at: float,
+        channel: socket.socket | None = None,
     ) -> None:
         self.rt = rt
         self.job_id = job_id
@@ -71,12 +74,36 @@ class LiveSource:
         self.tunables = tunables
         self.manifest = manifest
         self.dump = dump
-        self.frozen_at = frozen_at  # time.perf_counter() of the freeze
+        self.frozen_at = frozen_at  # time.perf_counter() of the dump's start
+        self.channel = channel  # connected to the target: CRIU serves on it
         self.phase = Phase.SERVING
 
     @property
     def port(self) -> int:
         return self.dump.port
+
+    def send_images(self) -> dict[str, str]:
+        """Send the images and the manifest on the channel; their sha256 (name →
+        hex), for the target to check them against (through the control channel).
+        Unavailable if the connection fails."""
+        assert self.channel is not None
+        sums = self.manifest.checksums()
+        sums[MANIFEST] = sha256_file(self.images_dir / MANIFEST)
+        try:
+            sent = send_images(self.channel, self.images_dir, sorted(sums))
+        except OSError as e:
+            raise Unavailable(f"live images to the target: {e}") from None
+        log.info("op=migrate.live.images job=%s sent=%sB", self.job_id, sent)
+        return sums
+
+    def _give_port(self) -> None:
+        if self.channel is None:
+            _pool(self.tunables.ports).give(self.port)
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            with contextlib.suppress(OSError):
+                self.channel.close()
 
     @property
     def page_server(self) -> PageServer:
@@ -91,13 +118,32 @@ class LiveSource:
         images_dir: Path,
         address: str,
         tunables: LiveTunables | None = None,
+        channel: socket.socket | None = None,
     ) -> LiveSource:
         """Freeze the job and dump it lazily into images_dir (must not exist): on
         return the images (no memory pages) are whole, to be sent to the target,
         and CRIU serves the pages on `address` (this node's cluster address),
-        port .port. The job stays frozen until commit() or abort(). On failure the
-        job runs on and nothing is left: CriuError, CheckpointFailed, Conflict."""
+        port .port, or on `channel` (a socket connected to the target, see
+        ssi.migration.channel; then send_images() sends the images on it first).
+        The job stays frozen until commit() or abort(); the channel is closed
+        then. On failure the job runs on and nothing is left: CriuError,
+        CheckpointFailed, Conflict."""
         t = tunables or LiveTunables()
+        if channel is not None:
+            frozen_at = time.perf_counter()
+            m, dump = rt.checkpoint_lazy(
+                job_id,
+                Path(images_dir),
+                port=0,
+                ready_timeout=t.ready_timeout,
+                ps_fd=channel.fileno(),
+            )
+            log.info(
+                "op=migrate.live.source job=%s serving on its channel images=%sB "
+                "ready=%.3fs", job_id, m.total_bytes, time.perf_counter() - frozen_at,
+            )  # fmt: skip
+            return cls(rt, job_id, Path(images_dir), address, t, m, dump, frozen_at,
+                       channel)  # fmt: skip
         pool = _pool(t.ports)
         tried = 0
         while True:
@@ -105,7 +151,11 @@ class LiveSource:
             frozen_at = time.perf_counter()
             try:
                 m, dump = rt.checkpoint_lazy(
-                    job_id, Path(images_dir), port=port, ready_timeout=t.ready_timeout
+                    job_id,
+                    Path(images_dir),
+                    port=port,
+                    ready_timeout=t.ready_timeout,
+                    address=address or None,
                 )
             except CriuError as e:
                 pool.give(port)
@@ -156,7 +206,8 @@ class LiveSource:
                 time.perf_counter() - self.frozen_at, self.manifest.total_bytes,
             )  # fmt: skip
         finally:
-            _pool(self.tunables.ports).give(self.port)
+            self._give_port()
+            self._close_channel()
         self.rt.settle(self.job_id, moved=True)
         self.phase = Phase.COMMITTED
         shutil.rmtree(self.images_dir, ignore_errors=True)
@@ -171,7 +222,8 @@ class LiveSource:
         try:
             self.dump.close_page_server(self.address, self.tunables.close_timeout)
         finally:
-            _pool(self.tunables.ports).give(self.port)
+            self._give_port()
+            self._close_channel()
             self.rt.settle(self.job_id, moved=False)
             self.phase = Phase.ABORTED
             shutil.rmtree(self.images_dir, ignore_errors=True)
@@ -190,6 +242,7 @@ class LiveTarget:
         pid: int,
         began: float,
         restore_seconds: float,
+        channel: socket.socket | None = None,
     ) -> None:
         self.rt = rt
         self.job_id = job_id
@@ -198,30 +251,59 @@ class LiveTarget:
         self.pid = pid
         self.began = began
         self.restore_seconds = restore_seconds
+        self.channel = channel  # the daemon's page-server socket: ours to close
         self.confirmed = False
 
     @classmethod
     def begin(
-        cls, rt: JobRuntime, job_id: str, images_dir: Path, source: PageServer
+        cls,
+        rt: JobRuntime,
+        job_id: str,
+        images_dir: Path,
+        source: PageServer,
+        channel: socket.socket | None = None,
+        daemon: LazyPagesDaemon | None = None,
     ) -> LiveTarget:
         """Restore the job from images_dir (LiveSource's images, pushed here) with
-        its pages fetched from `source` (LiveSource.page_server): returns once the
-        job runs here. Call from a long-lived thread (see Criu.restore). On failure
-        nothing of the job is left here: CriuError, CorruptCheckpoint, Conflict."""
+        its pages fetched from `source` (LiveSource.page_server), or on `channel`
+        (Incoming.wait's socket, whose images arrived checked: not hashed again):
+        returns once the job runs here. Call from a long-lived thread (see
+        Criu.restore). daemon: a lazy-pages daemon started early for these
+        images (see LiveMoves). On failure nothing of the job is left here (the
+        channel closed, the daemon killed): CriuError, CorruptCheckpoint,
+        Conflict."""
         began = time.perf_counter()
-        job, daemon = rt.restore_lazy(job_id, Path(images_dir), source)
+        if channel is not None:
+            source = PageServer(source.address, source.port, channel.fileno())
+        try:
+            job, daemon = rt.restore_lazy(
+                job_id,
+                Path(images_dir),
+                source,
+                verified=channel is not None,
+                daemon=daemon,
+            )
+        except BaseException:
+            if daemon is not None:
+                daemon.kill()
+            if channel is not None:
+                channel.close()
+            raise
         took = time.perf_counter() - began
         log.info(
             "op=migrate.live.target job=%s pid=%s from %s:%s restore=%.3fs",
             job_id, job.init_pid, source.address, source.port, took,
         )  # fmt: skip
-        return cls(rt, job_id, Path(images_dir), daemon, job.init_pid, began, took)
+        return cls(
+            rt, job_id, Path(images_dir), daemon, job.init_pid, began, took, channel
+        )
 
     def wait_pages(self, timeout: float = 600.0) -> TargetReport:
         """Block until the last page has arrived (the daemon exited 0): the moment
         to confirm to the source. If the daemon fails, the job here lacks memory:
         it is killed (abort) and CriuError raised. TimeoutError leaves it as is."""
         rc = self.daemon.wait(timeout)
+        self._close_channel()
         if rc != 0:
             err = self.daemon.error()
             self.abort()
@@ -233,7 +315,7 @@ class LiveTarget:
             pid=self.pid,
             restore_seconds=self.restore_seconds,
             pages_seconds=time.perf_counter() - self.began,
-            page_bytes=_page_bytes(self.daemon.log_path),
+            page_bytes=page_bytes(self.daemon.log_path),
         )
         log.info("op=migrate.live.pages job=%s %s", self.job_id, report)
         return report
@@ -242,13 +324,19 @@ class LiveTarget:
         """Kill the daemon and the job restored here, forget it, remove the images
         (before the confirmation: the source resumes its copy)."""
         self.daemon.kill()
+        self._close_channel()
         with contextlib.suppress(Exception):
             self.rt.forget(self.job_id, kill=True)
         shutil.rmtree(self.images_dir, ignore_errors=True)
         log.info("op=migrate.live.target_abort job=%s", self.job_id)
 
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            with contextlib.suppress(OSError):
+                self.channel.close()
 
-def _page_bytes(log_path: Path) -> int:
+
+def page_bytes(log_path: Path) -> int:
     """Bytes the lazy-pages daemon copied in, from its log (one line per process)."""
     try:
         text = log_path.read_text(errors="replace")

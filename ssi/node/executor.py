@@ -22,10 +22,9 @@ from typing import Any
 import msgspec
 
 from schedulers.probes.job import JobProbe
-from ssi.checkpoint import Criu, PageServer
+from ssi.checkpoint import Criu
 from ssi.config import Config, resolve_criu
 from ssi.jobs import JobRuntime, JobSpec, LocalJob, verify
-from ssi.migration import LiveSource, LiveTarget
 from ssi.migration.guard import RestoreGuard
 from ssi.net.jobnet import JobNetworks
 from ssi.node.copying import (
@@ -35,6 +34,7 @@ from ssi.node.copying import (
     checkpoint_copied,
 )
 from ssi.node.held import held, resume_held, unmount_cgroup_yards
+from ssi.node.live import LiveMoves
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
@@ -62,7 +62,6 @@ class Executor:
         self.call_coordinator = call_coordinator
         self.job_env = job_env  # what node services add to a job's environment
         self.address = address  # where this node's page servers listen (live moves)
-        self._live: dict[str, LiveSource] = {}  # live moves out, until settled
         self.dump_hooks: Sequence[Service] = ()  # told before and after each dump
         state = Path(cfg.node.state_dir)
         self.spool = state / "checkpoints"
@@ -79,6 +78,7 @@ class Executor:
             cgroup_base=cfg.node.cgroup_base,
             networks=JobNetworks(cfg.net.link, address, cfg.net.netns_prefix),
         )
+        self.live = LiveMoves(self.runtime, self.spool, address)
         self.bulk = BulkServer(
             None,
             f"tcp://{cfg.node.listen}:{cfg.node.port + BULK_PORT_OFFSET}",
@@ -103,6 +103,7 @@ class Executor:
             m.AgentRestore.op: self.on_restore,
             m.AgentForget.op: self.on_forget,
             m.AgentMigrateOut.op: self.on_migrate_out,
+            m.AgentLivePrepare.op: self.on_live_prepare,
             m.AgentSettle.op: self.on_settle,
             m.AgentKeep.op: self.on_keep,
         }
@@ -368,9 +369,8 @@ class Executor:
     ) -> dict[str, Any]:
         """Resume the job here at once; confirm only when its last page arrived."""
         assert body.lazy_from is not None
-        source = PageServer(body.lazy_from["address"], int(body.lazy_from["port"]))
-        target = await asyncio.to_thread(
-            LiveTarget.begin, self.runtime, str(body.job), local, source
+        target, waited = await self.live.restore(
+            str(body.job), body.checkpoint, local, body.lazy_from
         )
         self._watch(self.runtime.job(str(body.job)))
         self._report_phase(body.job, body.checkpoint, "fetching-pages")
@@ -379,6 +379,7 @@ class Executor:
             "pid": report.pid,
             "seconds": time.monotonic() - started,
             "restore_seconds": report.restore_seconds,
+            "images_wait_seconds": waited,
             "pages_seconds": report.pages_seconds,
             "page_bytes": report.page_bytes,
         }
@@ -467,14 +468,12 @@ class Executor:
         job_id, dest = str(body.job), self.spool / body.migration
         t0 = time.monotonic()
         self._before_dump(job_id)  # until on_settle
-        page_server = None
+        page_server: dict[str, Any] | None = None
+        sums: dict[str, str] | None = None  # live: the images' digests, if sent
         copied: TransferStats | SsiError | None = None
         try:
             if body.live:  # pages stay here, served to the target on demand
-                source = await asyncio.to_thread(
-                    LiveSource.begin, self.runtime, job_id, dest, self.address
-                )
-                self._live[job_id] = source
+                source, sums = await self.live.dump(job_id, dest, body.channel)
                 manifest = source.manifest
                 page_server = {"address": self.address, "port": source.port}
             else:  # the images go to the target as CRIU writes them
@@ -496,6 +495,9 @@ class Executor:
         try:
             if body.live:
                 self._report_phase(body.job, body.migration, "sending")
+            if page_server is not None and sums is not None:  # sent on its channel
+                page_server.update(channel=True, checksums=sums)
+            elif body.live:
                 await send_dir(
                     bulk_endpoint(body.target),
                     body.target["key"],
@@ -523,17 +525,18 @@ class Executor:
         }
 
     async def _settle(self, job_id: str, *, moved: bool) -> None:
-        live = self._live.pop(job_id, None)
-        if live is None:
-            try:
-                await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
-            except Conflict:  # held by the ssid before us: its freeze outlived it
-                if not moved and await asyncio.to_thread(held, self.runtime, job_id):
-                    await self._resume_held(job_id)
-        elif moved:
-            await asyncio.to_thread(live.commit)
-        else:
-            await asyncio.to_thread(live.abort)
+        if await self.live.settle(job_id, moved=moved):
+            return
+        try:
+            await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
+        except Conflict:  # held by the ssid before us: its freeze outlived it
+            if not moved and await asyncio.to_thread(held, self.runtime, job_id):
+                await self._resume_held(job_id)
+
+    async def on_live_prepare(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+        body = env.body
+        assert isinstance(body, m.AgentLivePrepare)
+        return await self.live.prepare(body)
 
     async def on_settle(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
@@ -577,6 +580,7 @@ class Executor:
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")
+            self.live.drop(ckpt)  # a live move's invitation, if any
             for root in (self.spool, self.shared):
                 if root is not None:
                     shutil.rmtree(root / ckpt, ignore_errors=True)

@@ -420,6 +420,17 @@ class AgentMigrateOut(Request[Any], tag="agent.migrate_out"):
     migration: str
     target: dict[str, Any]  # {name, address, port, key}
     live: bool = False  # post-copy: only non-memory images move now, pages later
+    channel: dict[str, Any] | None = None  # live: agent.live_prepare's invitation
+
+
+class AgentLivePrepare(Request[Any], tag="agent.live_prepare"):
+    """A live migration's target, before the source freezes the job: listen for the
+    source's connection (images, then pages) from `source` (its cluster address);
+    answers the invitation {address, port, token} for agent.migrate_out."""
+
+    job: int
+    migration: str
+    source: str
 
 
 class AgentSettle(Request[Any], tag="agent.settle"):

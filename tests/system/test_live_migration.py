@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._workloads import counter_problems, read_ticks, wait_ticks
-from benchmarks.bench_migration import (
+from benchmarks._migration_nodes import (
     Side,
     live_migrate,
     measure_live,
     start_counter_job,
     two_nodes,
 )
+from benchmarks._workloads import counter_problems, read_ticks, wait_ticks
 from ssi.checkpoint import CriuError
 from ssi.jobs.errors import CorruptCheckpoint
 from ssi.jobs.model import JobState

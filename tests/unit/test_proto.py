@@ -65,6 +65,7 @@ SAMPLES: list[m.Request[Any]] = [
     m.JobsHere(node="n1", running=[1]),
     m.JobMigrate(job=1, node="n2", live=False),
     m.AgentMigrateOut(job=1, migration="mig-1", target={"name": "n2"}),
+    m.AgentLivePrepare(job=1, migration="mig-1", source="10.0.0.1"),
     m.AgentSettle(job=1, moved=True),
     m.AgentKeep(job=1),
     m.MigrationPhase(job=1, migration="mig-1", node="n1", phase="sending"),

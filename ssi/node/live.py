@@ -1,0 +1,165 @@
+"""The agent's live (post-copy) migrations, both halves, on their own connection
+(ssi.migration.channel) rather than the bulk server and a CRIU listener:
+
+    target  agent.live_prepare ─▶ Incoming (listens for the source only) ─▶ invitation
+    source  agent.migrate_out(live, channel) ─▶ connect ─▶ LiveSource.begin (CRIU
+            seizes, dumps, serves on the socket) ─▶ send_images ─▶ digests
+    target  on the connection: criu lazy-pages started at once, on FIFOs for the
+            two images it reads first: its start (~30-60 ms of probing the kernel
+            here) overlaps the source's dump instead of following it
+    target  agent.restore(lazy_from: digests) ─▶ Incoming.wait (images checked)
+            ─▶ LiveTarget.begin (restore, the daemon on the socket) ─▶ wait_pages
+    source  agent.settle ─▶ LiveSource.commit / abort
+
+An invitation nobody claims within `claim_timeout` (the coordinator gave up or died)
+is dropped with what arrived; a source that goes away drops it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ssi.checkpoint import LazyPagesDaemon, PageServer
+from ssi.checkpoint.criu import EARLY_IMAGES
+from ssi.jobs import JobRuntime
+from ssi.migration import LiveSource, LiveTarget
+from ssi.migration.channel import Incoming, Invitation, connect
+from ssi.proto import messages as m
+from ssi.proto.errors import BadRequest, NotFound
+
+log = logging.getLogger(__name__)
+
+
+class LiveMoves:
+    CONNECT_TIMEOUT = 10.0  # seconds for the source to reach the target
+    CLAIM_TIMEOUT = 120.0  # seconds an invitation waits for its restore
+
+    def __init__(self, runtime: JobRuntime, spool: Path, address: str) -> None:
+        self.runtime = runtime
+        self.spool = spool
+        self.address = address  # this node's cluster address
+        self.sources: dict[str, LiveSource] = {}  # job id → move out, until settled
+        self.incoming: dict[str, Incoming] = {}  # migration → invitation, until claimed
+        self._run_dirs: dict[str, Path] = {}  # migration → job dir made for its daemon
+
+    # --- target ---------------------------------------------------------------------
+
+    async def prepare(self, body: m.AgentLivePrepare) -> dict[str, Any]:
+        name = body.migration
+        if "/" in name or name.startswith(".") or name in self.incoming:
+            raise BadRequest(f"bad or busy migration name {name!r}")
+        job_id = str(body.job)
+        run_dir = self.runtime.root / job_id
+        early = not (run_dir / "job.json").exists()  # else the restore refuses
+        if early and not run_dir.exists():  # the daemon's work dir, and the restore's
+            run_dir.mkdir(mode=0o700)
+            self._run_dirs[name] = run_dir
+
+        def start_daemon(sock: socket.socket) -> LazyPagesDaemon:
+            return self.runtime.criu.start_lazy_pages(
+                self.spool / name, "", 0, ps_fd=sock.fileno(), work_dir=str(run_dir)
+            )
+
+        inc = await asyncio.to_thread(
+            Incoming,
+            self.address,
+            body.source,
+            self.spool / name,
+            self.CLAIM_TIMEOUT,
+            fifos=EARLY_IMAGES if early else (),
+            on_accept=start_daemon if early else None,
+        )
+        self.incoming[name] = inc
+        asyncio.get_running_loop().call_later(self.CLAIM_TIMEOUT, self.drop, name, inc)
+        return inc.invitation.to_wire()
+
+    def drop(self, name: str, inc: Incoming | None = None) -> None:
+        """Forget an unclaimed invitation (`inc`: only if it is still that one)."""
+        have = self.incoming.get(name)
+        if have is not None and (inc is None or have is inc):
+            del self.incoming[name]
+            have.close()
+            run_dir = self._run_dirs.pop(name, None)
+            if run_dir is not None and not (run_dir / "job.json").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            log.info("op=migrate.live.drop migration=%s: never claimed", name)
+
+    async def restore(
+        self, job_id: str, name: str, local: Path, lazy: dict[str, Any]
+    ) -> tuple[LiveTarget, float]:
+        """Restore the job here from what the source sent (checked against the
+        digests that came with the request); the job runs on return. Also the
+        seconds spent waiting for the images to be whole."""
+        source = PageServer(str(lazy["address"]), int(lazy["port"]))
+        channel = None
+        daemon = None
+        waited = 0.0
+        if lazy.get("channel"):
+            inc = self.incoming.pop(name, None)
+            self._run_dirs.pop(name, None)  # the restore's from now on
+            if inc is None:
+                raise NotFound(f"no live channel for {name}: expired or never made")
+            t = time.perf_counter()
+            channel = await asyncio.to_thread(
+                inc.wait, dict(lazy["checksums"]), self.CONNECT_TIMEOUT
+            )
+            waited = time.perf_counter() - t
+            daemon = inc.daemon
+        target = await asyncio.to_thread(
+            LiveTarget.begin, self.runtime, job_id, local, source, channel, daemon
+        )
+        return target, waited
+
+    # --- source ---------------------------------------------------------------------
+
+    async def dump(
+        self, job_id: str, dest: Path, invitation: dict[str, Any] | None
+    ) -> tuple[LiveSource, dict[str, str] | None]:
+        """Connect to the target (before the freeze), then freeze, dump and send
+        the images on that connection in the same worker trip (no hop through
+        the event loop while the job is frozen). The images' digests (None
+        without an invitation: the caller pushes them). On failure the job runs
+        on here."""
+        channel = None
+        if invitation is not None:
+            channel = await asyncio.to_thread(
+                connect,
+                Invitation.from_wire(invitation),
+                self.address,
+                self.CONNECT_TIMEOUT,
+            )
+
+        def begin() -> tuple[LiveSource, dict[str, str] | None]:
+            source = LiveSource.begin(
+                self.runtime, job_id, dest, self.address, None, channel
+            )
+            if channel is None:
+                return source, None
+            try:
+                return source, source.send_images()
+            except BaseException:
+                source.abort()
+                raise
+
+        try:
+            source, sums = await asyncio.to_thread(begin)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
+        self.sources[job_id] = source
+        return source, sums
+
+    async def settle(self, job_id: str, *, moved: bool) -> bool:
+        """Commit or abort the move out of `job_id`; False if none is under way."""
+        source = self.sources.pop(job_id, None)
+        if source is None:
+            return False
+        await asyncio.to_thread(source.commit if moved else source.abort)
+        return True
