@@ -67,6 +67,22 @@ class Migrations:
         return {op: getattr(self, name) for op, name in self.HANDLERS.items()}
 
     def start(self) -> None:
+        """After a coordinator (re)start: a move the last one drove is over, never
+        recorded; its source resumes the job when its agent reconciles (job.here)
+        and its target kills its copy."""
+        for job in self.store.jobs():
+            if job.state is JobState.MIGRATING:
+                moves = [
+                    e for e in self.store.job_events(job.id) if e["kind"] == "migrating"
+                ]
+                why = "the coordinator restarted during the move"
+                self.jobs._save(
+                    job.but(state=JobState.RUNNING, reason=why),
+                    "migration-failed",
+                    to=moves[-1].get("to") if moves else None,
+                    phase="unknown",
+                    error=why,
+                )
         self.jobs.spawn(self._rebalance_rounds())
 
     # --- requests ---
