@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -69,6 +70,7 @@ class Coordinator:
         self.membership = Membership(cfg.cluster.heartbeat_timeout)
         self._keys: set[str] = set()
         self._boots: dict[str, str] = {}  # node -> its ssid's run, from its hello
+        self.boot = uuid.uuid4().hex  # this run: agents reconcile when it changes
         self._task: asyncio.Task[None] | None = None
         self.peers = peers
         self.jobs = JobManager(cfg, store, events, peers)
@@ -246,8 +248,9 @@ class Coordinator:
         ):
             self._put(rec.with_state(NodeState.ONLINE))
             await self.events.emit(NodeEvent(NodeEventKind.RETURNED, rec.name, env.id))
-        # Agents refetch the member list (their peers' keys) when this tag changes.
-        return {"members": self._members_tag}
+        # Agents refetch the member list (their peers' keys) when this tag changes,
+        # and reconcile their jobs when the boot does (moves we drove are over).
+        return {"members": self._members_tag, "boot": self.boot}
 
     async def _watch_heartbeats(self) -> None:
         period = min(1.0, self.cfg.cluster.heartbeat_timeout / 4)

@@ -10,8 +10,14 @@ The job never runs twice: the source keeps it frozen until the target has confir
 and the store says where it lives; the target's copy freezes if its ssid dies before
 agent.keep (ssi.migration.guard); a node out of touch during the move learns on its
 return (job.here) which copies to kill and which to resume. A node lost during the
-move ends the call waiting on it at once. Phases (dumping, sending, restoring,
-fetching-pages) and every move's figures are recorded on the job's history.
+move, or whose ssid restarted (a new boot in its hello), ends the call waiting on it
+at once. Phases (dumping, sending, restoring, fetching-pages) and every move's
+figures are recorded on the job's history.
+
+Live, the job runs on the target while its pages arrive: if the move fails then,
+the job goes on from the source's copy, i.e. from its state at the freeze, and
+what it did on the target meanwhile outside its memory (lines written) is done
+again. One copy runs at a time; post-copy cannot offer more.
 
 Users move jobs with `ssi migrate`; evictions evacuate a node; the policy's
 rebalancing rounds (MOSIX) move jobs to less loaded nodes.
@@ -61,6 +67,22 @@ class Migrations:
         return {op: getattr(self, name) for op, name in self.HANDLERS.items()}
 
     def start(self) -> None:
+        """After a coordinator (re)start: a move the last one drove is over, never
+        recorded; its source resumes the job when its agent reconciles (job.here)
+        and its target kills its copy."""
+        for job in self.store.jobs():
+            if job.state is JobState.MIGRATING:
+                moves = [
+                    e for e in self.store.job_events(job.id) if e["kind"] == "migrating"
+                ]
+                why = "the coordinator restarted during the move"
+                self.jobs._save(
+                    job.but(state=JobState.RUNNING, reason=why),
+                    "migration-failed",
+                    to=moves[-1].get("to") if moves else None,
+                    phase="unknown",
+                    error=why,
+                )
         self.jobs.spawn(self._rebalance_rounds())
 
     # --- requests ---

@@ -15,7 +15,9 @@ the rest ended:
     <root>/<job_id>/restore.log      CRIU's log of the last restore here
     <status_dir>/<job_id>.json       the init's status file, written at exit; the same
                                      path on every node, since a restored init keeps its
-                                     arguments. status_dir is also the init's cwd.
+                                     arguments.
+    <status_dir>/<job_id>.cwd/       the init's cwd, made on every node it runs on
+                                     (left behind, empty: a copy elsewhere may use it)
 
 The init runs as root (CRIU needs the root task of a PID namespace to mount a /proc
 for it); the command runs as the user, who also opens its stdio files and cwd.
@@ -219,7 +221,7 @@ class JobRuntime:
                     namespaces=JOB_NAMESPACES,
                     netns=netns,
                     hostname=_hostname(job.job_id, spec.name),
-                    cwd=str(self.status_dir),
+                    cwd=str(self.status_dir / f"{job.job_id}.cwd"),
                     env=env,
                     stdin=null,
                     stdout=null,
@@ -256,7 +258,10 @@ class JobRuntime:
             ours.close()
 
     def _prepare_status(self, rec: JobRecord) -> None:
-        """No stale status file of an earlier incarnation of the job id."""
+        """No stale status file of an earlier incarnation of the job id; the init's
+        cwd. CRIU's parasite makes its /proc mount point there while it dumps the
+        job: in a cwd shared by all inits, two dumps at once failed (EEXIST)."""
+        (self.status_dir / f"{rec.job_id}.cwd").mkdir(mode=0o700, exist_ok=True)
         for stale in (rec.status_file, rec.status_file + ".tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)

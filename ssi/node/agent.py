@@ -87,6 +87,7 @@ class Agent:
         self.coord: RpcClient | None = None
         self.connected = False  # the coordinator has welcomed us since start
         self.boot = uuid.uuid4().hex  # this run of ssid, as the coordinator knows it
+        self._coordinator_boot: str | None = None  # its run, from its heartbeats
         self.member_keys: set[str] = set()
         self.sampler = NodeSampler.default()
         self._members_tag: str | None = None  # the coordinator's, last seen
@@ -230,6 +231,12 @@ class Agent:
                     reply = await self._call(hb, timeout=max(2.0, interval * 2))
                     if reply.get("members") != self._members_tag:
                         await self._refresh_members(reply.get("members"))
+                    boot, last = reply.get("boot"), self._coordinator_boot
+                    self._coordinator_boot = boot
+                    if last is not None and boot != last:
+                        # A new coordinator run, heard without a miss: what it
+                        # forgot (a move under way) is ours to settle.
+                        await self.executor.reconcile()
             except NotFound as e:
                 log.warning("the cluster no longer knows this node (%s): leaving it", e)
                 self._leave()

@@ -143,11 +143,7 @@ class Executor:
             log.warning("job %s runs elsewhere now: killing this copy", job_id)
             await self._kill_and_forget(str(job_id))
         for job_id in answer.get("resume", []):
-            # Frozen by a move cut short by our death (the guard froze the target's
-            # copy, or a source was held): the store says it runs here.
-            if await asyncio.to_thread(held, self.runtime, str(job_id)):
-                log.warning("job %s runs here but was held: resuming it", job_id)
-                await self._resume_held(str(job_id))
+            await self._resume_here(str(job_id))
 
     async def _kill_and_forget(self, job_id: str) -> None:
         self._ended.pop(job_id, None)
@@ -525,12 +521,25 @@ class Executor:
         }
 
     async def _settle(self, job_id: str, *, moved: bool) -> None:
-        if await self.live.settle(job_id, moved=moved):
+        if not moved:
+            await self._resume_here(job_id)
+            return
+        if await self.live.settle(job_id, moved=True):
+            return
+        with contextlib.suppress(Conflict):  # held by the ssid before us: it dies
+            await asyncio.to_thread(self.runtime.settle, job_id, moved=True)
+
+    async def _resume_here(self, job_id: str) -> None:
+        """The store says the job runs here: end any hold of a move on it. Ours
+        (a dump kept frozen, a live page server), or one the ssid before us left
+        (a move cut short by its death, or by the coordinator's restart)."""
+        if await self.live.settle(job_id, moved=False):
             return
         try:
-            await asyncio.to_thread(self.runtime.settle, job_id, moved=moved)
-        except Conflict:  # held by the ssid before us: its freeze outlived it
-            if not moved and await asyncio.to_thread(held, self.runtime, job_id):
+            await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
+        except Conflict:  # no hold of ours
+            if await asyncio.to_thread(held, self.runtime, job_id):
+                log.warning("job %s runs here but was held: resuming it", job_id)
                 await self._resume_held(job_id)
 
     async def on_live_prepare(self, env: m.Envelope, peer: Any) -> dict[str, Any]:

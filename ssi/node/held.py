@@ -44,11 +44,12 @@ def resume_held(rt: JobRuntime, job_id: str) -> None:
 
 
 def _criu_tracers(rt: JobRuntime, job_id: str) -> set[int]:
-    """Our CRIU processes that trace the job's tasks; never another tracer (a
+    """CRIU processes that trace the job's tasks and outlived the ssid that ran
+    them (a CRIU of ours at work is our child); never another tracer (a
     debugger)."""
     criu = os.path.realpath(shutil.which(rt.criu.binary) or rt.criu.binary)
     tracers = {_tracer(pid) for pid in rt.cgroups.pids(job_id)} - {0}
-    return {t for t in tracers if _exe(t) == criu}
+    return {t for t in tracers if _exe(t) == criu and _parent(t) != os.getpid()}
 
 
 def _end_orphan_criu(rt: JobRuntime, job_id: str, timeout: float = 5.0) -> None:
@@ -76,6 +77,14 @@ def _tracer(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return 0
 
 
 def _exe(pid: int) -> str:

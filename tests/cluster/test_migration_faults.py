@@ -102,7 +102,7 @@ class Move:
 
     def __init__(self, c: LocalSsiCluster, job_id: int, live: bool) -> None:
         self.result: dict[str, Any] | None = None
-        self.error: SsiError | None = None
+        self.error: Exception | None = None
         body = m.JobMigrate(job=job_id, node=TARGET, live=live)
         self._thread = threading.Thread(target=self._run, args=(c, body), daemon=True)
         self._thread.start()
@@ -110,7 +110,7 @@ class Move:
     def _run(self, c: LocalSsiCluster, body: m.JobMigrate) -> None:
         try:
             self.result = c.call("node1", body, timeout=180)
-        except SsiError as e:
+        except (SsiError, OSError) as e:  # OSError: node1's ssid died under the call
             self.error = e
 
     def join(self, timeout: float = 60.0) -> Move:
@@ -324,3 +324,26 @@ def test_source_restarted_before_the_target_confirmed_resumes_the_job_there(
     assert (j["state"], j["node"]) == ("running", where), move.error
     one_copy_at_a_time(progress(out), rollbacks=0)
     assert "corrupt" not in out.read_text()
+
+
+def test_coordinator_restarted_mid_move_resumes_the_job_on_its_source(
+    cluster: LocalSsiCluster, workdir: Path
+) -> None:
+    """The coordinator's ssid dies while the target restores (cold: both copies
+    exist, both frozen) and comes back: the move it drove is over, never recorded;
+    the agents reconcile, the source resumes the job, the target kills its copy."""
+    job_id, out = big_counter(cluster, workdir)
+    move = Move(cluster, job_id, live=False)
+    reach(cluster, job_id, "criu-restore")
+    kill(cluster, "node1", "ssid-back")
+    move.join()
+    assert move.result is None
+    wait_for(
+        "the job thawed on its source",
+        lambda: copies(cluster, SOURCE, job_id)[1] is False,
+        20,
+    )
+    wait_for(
+        "no copy on the target", lambda: not copies(cluster, TARGET, job_id)[0], 20
+    )
+    runs_once_on_the_source(cluster, job_id, out, rollbacks=0)
