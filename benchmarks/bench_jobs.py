@@ -1,5 +1,6 @@
 """Checkpoint and restart through ssi, against raw CRIU on an equal process measured
-in the same run (every image on tmpfs), samples interleaved so drift hits all alike.
+in the same run (every image on the file system of the local clusters' spools),
+samples interleaved so drift hits all alike.
 
     raw:     criu dump (job killed), criu restore          (benchmarks/_criu_baseline)
     peer:    3-node local cluster; a checkpoint = CRIU dump + manifest + a copy on a
@@ -102,12 +103,15 @@ def main() -> int:
     try:
         for c in clusters.values():
             c.up()
+        # Raw CRIU writes where the clusters' spools are (here /run is not tmpfs:
+        # a tmpfs baseline would compare two file systems, not ssi with CRIU).
+        same_fs = clusters["peer"].base
         with tempfile.TemporaryDirectory(prefix="ssi-bench-jobs-") as work:
             for size in sizes:
                 raw: list[dict[str, float]] = []
                 ours: dict[str, list[dict[str, float]]] = {k: [] for k in MODES}
                 for _ in range(args.repeat):
-                    s = measure_once(size)
+                    s = measure_once(size, base=same_fs)
                     raw.append({"dump_s": s.dump_s, "restore_s": s.restore_s})
                     for mode in MODES:
                         ours[mode].append(ssi_once(clusters[mode], size, Path(work)))
