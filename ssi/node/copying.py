@@ -138,8 +138,12 @@ class SpoolDirs(RootDirs):
             sums = mf.read(path).checksums()
         except (SsiError, OSError):
             return
+        now = time.monotonic()
+        self._checked = {  # replicas that were never restored: forgotten in time
+            n: (fp, at) for n, (fp, at) in self._checked.items() if now - at < FRESH_FOR
+        }
         if all(digests.get(rel) == sha for rel, sha in sums.items()):
-            self._checked[name] = (_fingerprint(path), time.monotonic())
+            self._checked[name] = (_fingerprint(path), now)
 
     def verify(self, name: str, path: Path) -> Manifest:
         """manifest.verify(path), without hashing a copy checked on arrival less
