@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ MODES = ("peer", "shared")
 
 
 def timed(c: LocalSsiCluster, body: m.Request) -> tuple[float, Any]:
+    os.sync()  # no write-back of earlier images charged to this one (/run: ext4)
     t = time.perf_counter()
     out = c.call("node1", body, timeout=600)
     return time.perf_counter() - t, out
@@ -77,6 +79,10 @@ def ssi_once(c: LocalSsiCluster, size: int, work: Path) -> dict[str, float]:
         }
     finally:
         c.call("node1", m.JobKill(job=job, signal=9))
+        for spool in [c.base / "shared", *(c.node_dir(n) / "state" / "checkpoints"
+                                          for n in c.node_names)]:  # fmt: skip
+            for ckpt in spool.glob(f"{job}-*") if spool.is_dir() else ():
+                shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def median(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -111,6 +117,7 @@ def main() -> int:
                 raw: list[dict[str, float]] = []
                 ours: dict[str, list[dict[str, float]]] = {k: [] for k in MODES}
                 for _ in range(args.repeat):
+                    os.sync()
                     s = measure_once(size, base=same_fs)
                     raw.append({"dump_s": s.dump_s, "restore_s": s.restore_s})
                     for mode in MODES:
