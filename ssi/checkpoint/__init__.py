@@ -11,17 +11,14 @@ from ssi.checkpoint.criu import (
     CgroupMode,
     Criu,
     DumpOptions,
-    DumpResult,
     Features,
-    LazyDump,
-    LazyPagesDaemon,
     NetworkLock,
     PageServer,
     RestoreOptions,
-    RestoreResult,
-    log_errors,
 )
 from ssi.checkpoint.errors import CriuError
+from ssi.checkpoint.lazy import LazyDump, LazyPagesDaemon
+from ssi.checkpoint.outcome import DumpResult, RestoreResult, log_errors
 
 __all__ = [
     "CgroupMode",
