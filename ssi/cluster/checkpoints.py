@@ -135,19 +135,24 @@ class Checkpoints:
         return ckpt
 
     async def _retain(self, job_id: int) -> None:
-        """Keep the last few checkpoints of a job; drop the older copies everywhere."""
+        """Keep the last few checkpoints of a job; drop the older copies everywhere.
+        The records go first, in the same step as the new one's arrival, so that no
+        listing or restart sees more than ckpt_keep; the copies follow (best effort:
+        a holder that is down keeps its copy)."""
         keep = self.cfg.cluster.ckpt_keep
-        for old in self.store.checkpoints(job_id)[:-keep]:
-            for holder in old.holders:
+        old = self.store.checkpoints(job_id)[:-keep]
+        for ckpt in old:
+            self.store.delete_checkpoint(ckpt.id)
+        for ckpt in old:
+            for holder in ckpt.holders:
                 rec = self.store.node(holder)
                 if rec is not None and rec.state is not NodeState.LOST:
                     with contextlib.suppress(SsiError):
                         await self.peers.call(
                             rec,
-                            m.AgentForget(job=job_id, checkpoints=[old.id]),
+                            m.AgentForget(job=job_id, checkpoints=[ckpt.id]),
                             timeout=30.0,
                         )
-            self.store.delete_checkpoint(old.id)
 
     async def on_checkpoints(self, env: m.Envelope, peer: Any) -> list[dict[str, Any]]:
         body = env.body

@@ -461,19 +461,24 @@ def test_periodic_checkpoints_keep_the_last_three(
     cluster: LocalSsiCluster, workdir: Path
 ) -> None:
     job_id, _ = counter(cluster, workdir, node="node2", ckpt_every=1.0)
-    wait_for(
-        "five periodic checkpoints",
-        lambda: (
-            sum(e["kind"] == "checkpointed" for e in job(cluster, job_id)["events"])
-            >= 5
-        ),
-        30,
-    )
-    kept = cluster.call("node1", m.JobCheckpoints(job=job_id))
-    assert 1 <= len(kept) <= 3  # ckpt_keep: older ones deleted everywhere
+
+    def listed() -> list[dict[str, Any]]:
+        kept: list[dict[str, Any]] = cluster.call("node1", m.JobCheckpoints(job=job_id))
+        assert len(kept) <= 3, kept  # ckpt_keep, at every moment
+        return kept
+
+    def checkpointed() -> int:
+        listed()
+        return sum(e["kind"] == "checkpointed" for e in job(cluster, job_id)["events"])
+
+    wait_for("five periodic checkpoints", lambda: checkpointed() >= 5, 30)
+    cluster.call("node1", m.JobKill(job=job_id, signal=9))  # no more of them
+    wait_state(cluster, job_id, "killed")
     spool = [cluster.node_dir(n) / "state" / "checkpoints" for n in cluster.node_names]
-    on_disk = {p.name for d in spool for p in d.iterdir() if not p.name.startswith(".")}
-    assert on_disk <= {c["id"] for c in kept} | {
-        c["id"] for c in cluster.call("node1", m.JobCheckpoints(job=job_id))
-    }
-    cluster.call("node1", m.JobKill(job=job_id, signal=9))
+
+    def older_copies_gone() -> bool:
+        ids = {c["id"] for c in listed()}
+        on_disk = {p.name for d in spool for p in d.iterdir() if p.name[0] != "."}
+        return bool(ids) and on_disk <= ids
+
+    wait_for("older copies deleted everywhere", older_copies_gone, 15)
