@@ -11,11 +11,15 @@ here (`from .conftest import ...`); their code lives in ssi.local.testing.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterator
+import sys
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks._workloads import COUNTER, read_ticks
 from ssi.local import LocalCluster
 from ssi.local import procs as local_procs
 from ssi.local.ssids import LocalSsiCluster
@@ -27,6 +31,7 @@ from ssi.local.testing import (
     unique_prefix,
     wait_for,
 )
+from ssi.proto import messages as m
 
 __all__ = [
     "free_subnet",
@@ -34,6 +39,7 @@ __all__ = [
     "needs_root",
     "netns_cluster",
     "ssi_cluster",
+    "start_counter",
     "unique_prefix",
     "wait_for",
 ]
@@ -103,3 +109,33 @@ def ssi_cluster() -> Iterator[Callable[..., LocalSsiCluster]]:
         if left:
             problems.append(f"{c.prefix}: {', '.join(left)}")
     assert not problems, f"local clusters leaked: {'; '.join(problems)}"
+
+
+def start_counter(
+    c: LocalSsiCluster,
+    cwd: Path,
+    node: str,
+    *,
+    script: str = COUNTER,
+    args: Sequence[str] = (),
+    timeout: float = 20.0,
+) -> tuple[int, Path]:
+    """A counter job (`script`: ticks into the file it is given first) pinned to
+    `node`; its id and tick file, once it counts and runs."""
+    out = cwd / f"counter-{time.monotonic_ns()}.txt"
+    j = c.call(
+        "node1",
+        m.JobSubmit(
+            argv=[sys.executable, "-c", script, str(out), *args],
+            cwd=str(cwd),
+            env={"PATH": os.environ["PATH"]},
+            node=node,
+        ),
+    )
+    wait_for("the counter to count", lambda: len(read_ticks(out)) >= 5, timeout)
+    wait_for(
+        "it to run",
+        lambda: c.call("node1", m.JobShow(job=j["id"]))["state"] == "running",
+        10,
+    )
+    return j["id"], out

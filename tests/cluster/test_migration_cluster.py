@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from benchmarks._workloads import COUNTER, counter_problems, longest_pause, read_ticks
+from benchmarks._workloads import counter_problems, longest_pause, read_ticks
 from ssi.local.ssids import LocalSsiCluster
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
 
-from .conftest import wait_for
+from .conftest import start_counter, wait_for
 
 
 @pytest.fixture
@@ -34,19 +33,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def counter(c: LocalSsiCluster, cwd: Path, node: str) -> tuple[int, Path]:
-    out = cwd / f"counter-{time.monotonic_ns()}.txt"
-    j = c.call(
-        "node1",
-        m.JobSubmit(
-            argv=[sys.executable, "-c", COUNTER, str(out)],
-            cwd=str(cwd),
-            env={"PATH": os.environ["PATH"]},
-            node=node,
-        ),
-    )
-    wait_for("the counter to count", lambda: len(read_ticks(out)) >= 5, 20)
-    wait_for("it to run", lambda: job(c, j["id"])["state"] == "running", 10)
-    return j["id"], out
+    return start_counter(c, cwd, node)
 
 
 def job(c: LocalSsiCluster, job_id: int) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from ssi.local.ssids import LocalSsiCluster
 from ssi.proto import messages as m
 from ssi.proto.errors import SsiError
 
-from .conftest import wait_for
+from .conftest import start_counter, wait_for
 
 SIZE = 300 << 20
 SOURCE, TARGET = "node2", "node3"  # node1, the coordinator, stays up
@@ -72,19 +71,9 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def big_counter(c: LocalSsiCluster, cwd: Path) -> tuple[int, Path]:
-    out = cwd / "counter.txt"
-    j = c.call(
-        "node1",
-        m.JobSubmit(
-            argv=[sys.executable, "-c", BIG_COUNTER, str(out), str(SIZE)],
-            cwd=str(cwd),
-            env={"PATH": os.environ["PATH"]},
-            node=SOURCE,
-        ),
+    return start_counter(
+        c, cwd, SOURCE, script=BIG_COUNTER, args=[str(SIZE)], timeout=30
     )
-    wait_for("the counter to count", lambda: len(read_ticks(out)) >= 5, 30)
-    wait_for("it to run", lambda: show(c, j["id"])["state"] == "running", 10)
-    return j["id"], out
 
 
 def show(c: LocalSsiCluster, job_id: int) -> dict[str, Any]:
