@@ -279,11 +279,15 @@ def test_client_gone_mid_fetch_ends_the_session(tmp_path: Path) -> None:
         )
         await server.start()
         try:
+            # One small chunk in flight: the fetch lasts long enough to be cut
+            # short (a full window finished 64 MiB between two looks, once).
+            slow = Options(chunk_size=64 * 1024, window=1)
             task = asyncio.ensure_future(
                 fetch_dir(
-                    server.endpoint, server_keys.public, CLIENT, "ck", tmp_path / "got"
+                    server.endpoint, server_keys.public, CLIENT, "ck",
+                    tmp_path / "got", options=slow,
                 )
-            )
+            )  # fmt: skip
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
             while not partials(tmp_path):
