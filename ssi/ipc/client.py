@@ -96,12 +96,7 @@ class SocketTransport:
         return reply
 
     def call(self, op: str, /, **args: Any) -> Any:
-        timeout: float | None = args.pop("timeout", None)
-        interrupt: Interrupt | None = args.pop("interrupt", None)
-        if timeout is not None and timeout < 0:
-            raise ipc_error(errno.EINVAL, f"timeout {timeout}")
-        if interrupt is not None and interrupt.is_set():
-            raise ipc_error(errno.EINTR, op)
+        timeout, interrupt = _call_options(op, args)
         token, seq = self._identity()
         body = m.IpcCall(name=op, args=args, client=token, request=seq)
         cancelled: list[str] = []
@@ -215,12 +210,7 @@ class PreloadTransport:
         return sock
 
     def call(self, op: str, /, **args: Any) -> Any:
-        timeout: float | None = args.pop("timeout", None)
-        interrupt: Interrupt | None = args.pop("interrupt", None)
-        if timeout is not None and timeout < 0:
-            raise ipc_error(errno.EINVAL, f"timeout {timeout}")
-        if interrupt is not None and interrupt.is_set():
-            raise ipc_error(errno.EINTR, op)
+        timeout, interrupt = _call_options(op, args)
         token, seq = self._identity()
         frame = wire.encode_request(
             wire.Op.CALL, seq, wire.encode_call(op, args, timeout)
@@ -300,3 +290,17 @@ def connect(path: str | os.PathLike[str] | None = None, **kw: Any) -> Transport:
     if path is None and preload:
         return PreloadTransport(preload)
     return SocketTransport(path, **kw)
+
+
+def _call_options(
+    op: str, args: dict[str, Any]
+) -> tuple[float | None, Interrupt | None]:
+    """Take a call's `timeout` and `interrupt` out of its arguments, checked: EINVAL
+    for a negative timeout, EINTR if interrupted before it is sent."""
+    timeout: float | None = args.pop("timeout", None)
+    interrupt: Interrupt | None = args.pop("interrupt", None)
+    if timeout is not None and timeout < 0:
+        raise ipc_error(errno.EINVAL, f"timeout {timeout}")
+    if interrupt is not None and interrupt.is_set():
+        raise ipc_error(errno.EINTR, op)
+    return timeout, interrupt

@@ -29,6 +29,7 @@ from ssi.transfer.engine import Chunk, RunIO, dir_chunks
 __all__ = ["Finished", "follow_chunks"]
 
 POLL = 0.005  # seconds between looks at the directory when nothing new was there
+LOOK_EVERY = 0.05  # seconds between looks for new files while data flows
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +76,15 @@ async def follow_chunks(
     abandoned: the receiver keeps nothing). BadRequest if the writer's checksums
     lack a followed file."""
     followed: dict[str, _Followed] = {}
+    fresh, next_look = False, 0.0
+    loop = asyncio.get_running_loop()
     try:
         while not done.done():
-            await run_io(_open_new, start, grows, followed)
+            # A look at the directory when idle, or now and then while data flows:
+            # not one scandir per chunk.
+            if not fresh or loop.time() >= next_look:
+                await run_io(_open_new, start, grows, followed)
+                next_look = loop.time() + LOOK_EVERY
             fresh = False
             for rel, f in followed.items():
                 buf = pool.get()
