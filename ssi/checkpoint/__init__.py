@@ -17,7 +17,7 @@ from ssi.checkpoint.criu import (
     RestoreOptions,
 )
 from ssi.checkpoint.errors import CriuError
-from ssi.checkpoint.lazy import LazyDump, LazyPagesDaemon
+from ssi.checkpoint.lazy import CriuDaemon, LazyDump
 from ssi.checkpoint.outcome import DumpResult, RestoreResult, log_errors
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "DumpResult",
     "Features",
     "LazyDump",
-    "LazyPagesDaemon",
+    "CriuDaemon",
     "NetworkLock",
     "PageServer",
     "RestoreOptions",

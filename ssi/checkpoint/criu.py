@@ -49,7 +49,7 @@ from pycriu import rpc_pb2 as rpc
 
 import kernel_shim
 from ssi.checkpoint.errors import CriuError
-from ssi.checkpoint.lazy import LazyDump, LazyPagesDaemon, page_server_config
+from ssi.checkpoint.lazy import CriuDaemon, LazyDump, page_server_config
 from ssi.checkpoint.outcome import (
     SWRK_EXIT_TIMEOUT,
     DumpResult,
@@ -91,7 +91,8 @@ class NetworkLock(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PageServer:
-    """Where a dump sends its pages instead of the images dir (for migration, later)."""
+    """Where a dump sends its pages instead of the images dir: a `criu page-server`
+    at address:port, or on `fd` (a cold move's channel, ssi.migration.channel)."""
 
     address: str
     port: int
@@ -269,12 +270,17 @@ class Criu:
             if o.page_server.fd is not None:
                 opts.ps.fd = o.page_server.fd
         what = f"dump of pid {pid}"
+        ps_fd = o.page_server.fd if o.page_server else None
         resp, path, log_path, seconds = self._run(
-            "dump", what, req, images_dir, log_file, o.log_level, o.work_dir
-        )
+            "dump", what, req, images_dir, log_file, o.log_level, o.work_dir,
+            pass_fds=() if ps_fd is None else (ps_fd,),
+        )  # fmt: skip
         log.info("op=criu.dump pid=%s dir=%s took %.3fs", pid, path, seconds)
         return DumpResult(
-            path, log_path, seconds, stats_of(path / "stats-dump", "dump")
+            path,
+            log_path,
+            seconds,
+            stats_of(log_path.parent / "stats-dump", "dump"),  # in the work dir
         )
 
     def restore(
@@ -331,7 +337,9 @@ class Criu:
         )
         pid = int(resp.restore.pid)
         log.info("op=criu.restore dir=%s pid=%s took %.3fs", path, pid, seconds)
-        stats = stats_of(path / "stats-restore", "restore")
+        stats = stats_of(
+            log_path.parent / "stats-restore", "restore"
+        )  # in the work dir
         return RestoreResult(pid, path, log_path, seconds, stats)
 
     # -- post-copy (lazy pages) ----------------------------------------------------
@@ -405,12 +413,12 @@ class Criu:
         work_dir: str | None = None,
         log_file: str = "lazy-pages.log",
         log_level: int = 4,
-    ) -> LazyPagesDaemon:
+    ) -> CriuDaemon:
         """Start `criu lazy-pages` (in self.netns) for the images in images_dir,
         fetching pages from the page server at address:port, or on ps_fd, a socket
         already connected to it (Criu.dump_lazy's ps_fd); returns once it listens
         for the restore (whose work_dir must be the same). It exits once every page
-        of the restored tree has arrived (LazyPagesDaemon.wait)."""
+        of the restored tree has arrived (CriuDaemon.wait)."""
         daemon = self.start_lazy_pages(
             images_dir, address, port, ps_fd=ps_fd, work_dir=work_dir,
             log_file=log_file, log_level=log_level,
@@ -428,12 +436,12 @@ class Criu:
         work_dir: str | None = None,
         log_file: str = "lazy-pages.log",
         log_level: int = 4,
-    ) -> LazyPagesDaemon:
+    ) -> CriuDaemon:
         """lazy_pages() without waiting: the daemon may start before its images are
         whole. It spends its first tens of ms probing the kernel (no kdat cache on
         a /run that is not tmpfs), then reads inventory.img and pstree.img, and the
         other images only once the restore connects; those two may be FIFOs the
-        caller fills later. LazyPagesDaemon.wait_started() before the restore."""
+        caller fills later. CriuDaemon.wait_started() before the restore."""
         images = Path(images_dir)
         work = Path(work_dir) if work_dir else images
         log_path = work / log_file
@@ -468,7 +476,44 @@ class Criu:
         finally:
             os.close(w)
             os.close(null)
-        return LazyPagesDaemon(child, log_path, r, images)
+        return CriuDaemon(child, log_path, r, images)
+
+    def start_page_server(
+        self,
+        images_dir: str | os.PathLike[str],
+        ps_fd: int,
+        *,
+        work_dir: str | None = None,
+        log_file: str = "page-server.log",
+        log_level: int = 2,
+    ) -> CriuDaemon:
+        """Start `criu page-server` on `ps_fd`, a TCP socket already connected to
+        a dump's side (DumpOptions.page_server with that socket's other end): it
+        writes the pagemap and pages images the dump sends into images_dir, and
+        exits (CriuDaemon.wait() == 0) once the dump closed the session, leaving
+        the socket open for the caller. Listens on nothing."""
+        images = Path(images_dir)
+        work = Path(work_dir) if work_dir else images
+        argv = [
+            self.binary, "page-server", "-D", str(images), "-W", str(work),
+            "-o", log_file, f"-v{log_level}", "--ps-socket", str(ps_fd),
+        ]  # fmt: skip
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            child = kernel_shim.spawn(
+                argv,
+                netns=self.netns,
+                stdin=null,
+                stdout=null,
+                stderr=null,
+                pass_fds=(ps_fd,),
+                new_session=False,
+            )
+        except OSError as e:
+            raise CriuError("page-server", f"cannot start {self.binary}: {e}") from None
+        finally:
+            os.close(null)
+        return CriuDaemon(child, work / log_file, images=images, op="page-server")
 
     # -- plumbing ----------------------------------------------------------------
 

@@ -1,6 +1,8 @@
-"""Post-copy, CRIU's long-lived side: a lazy dump that serves its pages until a
-`criu lazy-pages` daemon has them all (LazyDump), and that daemon (LazyPagesDaemon).
-Both are started by Criu.dump_lazy / Criu.lazy_pages (ssi.checkpoint.criu)."""
+"""CRIU's long-lived side: a lazy dump that serves its pages until a `criu
+lazy-pages` daemon has them all (LazyDump), and the CRIU processes that take pages
+(CriuDaemon: that daemon, or a `criu page-server` receiving a cold move's pages).
+They are started by Criu.dump_lazy / Criu.lazy_pages / Criu.start_page_server
+(ssi.checkpoint.criu)."""
 
 from __future__ import annotations
 
@@ -250,13 +252,20 @@ class LazyDump:
         self._done.wait(SWRK_EXIT_TIMEOUT)
 
 
-class LazyPagesDaemon:
-    """A `criu lazy-pages` process of ours (Criu.lazy_pages)."""
+class CriuDaemon:
+    """A `criu lazy-pages` (Criu.lazy_pages) or `criu page-server`
+    (Criu.start_page_server) process of ours: `op` names which."""
 
     def __init__(
-        self, pid: int, log_path: Path, status_fd: int = -1, images: Path | None = None
+        self,
+        pid: int,
+        log_path: Path,
+        status_fd: int = -1,
+        images: Path | None = None,
+        op: str = "lazy-pages",
     ) -> None:
         self.pid = pid
+        self.op = op
         self.log_path = log_path
         self.images = images
         self._status_fd = status_fd  # readable once it listens for the restore
@@ -266,7 +275,7 @@ class LazyPagesDaemon:
         self.status = "running"
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the daemon's exit (every page delivered, when 0); its exit
+        """Wait for the daemon's exit (every page delivered or taken, when 0); its exit
         code (negative: killed by that signal). TimeoutError after `timeout` s."""
         if self.returncode is not None:
             return self.returncode
@@ -276,9 +285,7 @@ class LazyPagesDaemon:
             fd = -1
         try:
             if fd >= 0 and not select.select([fd], [], [], timeout)[0]:
-                raise TimeoutError(
-                    f"lazy-pages daemon {self.pid} runs after {timeout}s"
-                )
+                raise TimeoutError(f"{self.op} daemon {self.pid} runs after {timeout}s")
             _, st = os.waitpid(self.pid, 0)
         except ChildProcessError:
             st = 0xFF00  # reaped elsewhere: unknown
@@ -305,8 +312,8 @@ class LazyPagesDaemon:
         if not got:
             self.kill()
             raise CriuError(
-                "lazy-pages",
-                f"lazy-pages daemon did not start ({self.status})",
+                self.op,
+                f"{self.op} daemon did not start ({self.status})",
                 errors=log_errors(self.log_path) or last_line(self.log_path),
                 log_path=self.log_path,
                 images_dir=self.images,
@@ -324,8 +331,8 @@ class LazyPagesDaemon:
     def error(self) -> CriuError:
         """What went wrong, as a CriuError (call after a non-zero wait())."""
         return CriuError(
-            "lazy-pages",
-            f"lazy-pages daemon ended before every page arrived ({self.status})",
+            self.op,
+            f"{self.op} daemon ended before every page arrived ({self.status})",
             errors=log_errors(self.log_path) or last_line(self.log_path),
             log_path=self.log_path,
         )

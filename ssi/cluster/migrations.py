@@ -1,6 +1,7 @@
 """Moving running jobs between nodes, as a transaction the coordinator drives:
 
-    source: agent.migrate_out ── freeze, dump, push images ──▶ target's bulk socket
+    target: agent.move_prepare ── listen for the source ──▶ invitation
+    source: agent.migrate_out ── freeze, dump, images on that connection ──▶ target
     target: agent.restore(cleanup) ── verify, restore (cold: frozen) ──▶ confirmed
     record: job.node = target (in the store first) ──▶ target: agent.keep
                                                    ──▶ source: agent.settle(moved)
@@ -32,7 +33,6 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ssi.cluster.events import NodeEvent, NodeEventKind, NodeEvents
-from ssi.cluster.peers import endpoint
 from ssi.cluster.store import JobRecord, JobState, NodeRecord, NodeState
 from ssi.proto import messages as m
 from ssi.proto.errors import BadRequest, Conflict, NodeGone, SsiError
@@ -186,29 +186,23 @@ class Migrations:
             job.but(state=JobState.MIGRATING), "migrating", to=target.name
         )
         t0 = time.monotonic()
-        channel = None
-        if live:  # the target listens for the source's connection (images, pages)
-            try:
-                channel = await self._call(
-                    target,
-                    m.AgentLivePrepare(
-                        job=job.id, migration=name, source=source.address
-                    ),
-                    timeout=30.0,
-                    cause=cause,
-                )
-            except SsiError as e:
-                raise self._failed(job, target, "prepare", e) from None
+        try:  # the target listens for the source's connection (images, pages)
+            channel = await self._call(
+                target,
+                m.AgentMovePrepare(
+                    job=job.id, migration=name, source=source.address, live=live
+                ),
+                timeout=30.0,
+                cause=cause,
+            )
+        except SsiError as e:
+            raise self._failed(job, target, "prepare", e) from None
         self._phase(job, "dumping", source.name, name)
         try:
             out = await self._call(
                 source,
                 m.AgentMigrateOut(
-                    job=job.id,
-                    migration=name,
-                    target=endpoint(target),
-                    live=live,
-                    channel=channel,
+                    job=job.id, migration=name, live=live, channel=channel
                 ),
                 timeout=MOVE_TIMEOUT,
                 cause=cause,
@@ -227,7 +221,8 @@ class Migrations:
                     checkpoint=name,
                     spec=job.spec,
                     cleanup=True,
-                    lazy_from=out.get("page_server") if live else None,
+                    lazy_from=out["page_server"] if live else None,
+                    channel_sums=None if live else out["checksums"],
                 ),
                 timeout=MOVE_TIMEOUT,
                 cause=cause,

@@ -3,6 +3,7 @@
     checkpoint: freeze ─▶ CRIU dump (leave running) ─▶ sha256 (overlapping the dump)
                 ─▶ manifest.json ─▶ rename .<dest>.partial-XXXX to <dest>
                 ─▶ thaw, or kill while still frozen (stop: not one instruction more)
+                (a cold move's: the pages go to the target's page server instead)
     restore:    verify ─▶ job cgroup made ─▶ CRIU restore (our child) ─▶ thaw / freeze
     checkpoint_lazy (post-copy source): freeze ─▶ CRIU lazy dump (no pages written)
                 ─▶ manifest ─▶ held frozen; CRIU serves the pages until a daemon has
@@ -28,12 +29,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 import kernel_shim
 from ssi.checkpoint import (
     CgroupMode,
+    CriuDaemon,
     DumpOptions,
     LazyDump,
-    LazyPagesDaemon,
     PageServer,
     RestoreOptions,
 )
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # CRIU's unit of page images
+
 
 def checkpoint(
     rt: JobRuntime,
@@ -59,6 +64,7 @@ def checkpoint(
     leave_running: bool,
     hold: bool = False,
     on_staging: Callable[[Path], None] | None = None,
+    ps_fd: int | None = None,
 ) -> Manifest:
     """JobRuntime.checkpoint's work (see there)."""
     job_id = job.job_id
@@ -91,6 +97,7 @@ def checkpoint(
                     manage_cgroups=CgroupMode.SOFT,
                     # The log outlives a failed dump (its images are removed).
                     work_dir=str(rt.root / job_id),
+                    page_server=None if ps_fd is None else PageServer("", 0, ps_fd),
                     **netjobs.dump_extras(job),
                 ),
             )
@@ -104,6 +111,8 @@ def checkpoint(
                 dumped.seconds,
                 hasher.finish(),
             )
+            if ps_fd is not None:
+                m = msgspec.structs.replace(m, pages_sent=_pages_sent(dumped.stats))
             mf.write(tmp, m, fsync=rt.durable)
             tmp.chmod(0o755)
             if rt.durable:
@@ -243,6 +252,12 @@ def _manifest(
     )
 
 
+def _pages_sent(stats: Mapping[str, int]) -> int:
+    """Bytes of page images a dump's CRIU stats say it wrote (to a page server)."""
+    pages = stats.get("pages_written", 0) + stats.get("shpages_written", 0)
+    return pages * PAGE_SIZE
+
+
 def settle(rt: JobRuntime, job: LocalJob, moved: bool) -> None:
     """End a held checkpoint: the job moved (it dies here, still frozen), or it did
     not (it runs on here, as it was)."""
@@ -335,7 +350,7 @@ class _Lazy:
     """A lazy restore's source of pages, and the daemon started for it."""
 
     def __init__(
-        self, source: PageServer, verified: bool, daemon: LazyPagesDaemon | None
+        self, source: PageServer, verified: bool, daemon: CriuDaemon | None
     ) -> None:
         self.source = source
         self.verified = verified  # images checked on arrival: no hashing again
@@ -348,8 +363,8 @@ def restore_lazy(
     ckpt: Path,
     source: PageServer,
     verified: bool,
-    daemon: LazyPagesDaemon | None,
-) -> tuple[LocalJob, LazyPagesDaemon]:
+    daemon: CriuDaemon | None,
+) -> tuple[LocalJob, CriuDaemon]:
     """JobRuntime.restore_lazy's work (see there)."""
     lazy = _Lazy(source, verified, daemon)
     job = restore(rt, job_id, ckpt, lazy)

@@ -52,6 +52,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     dump_seconds: float  # CRIU's dump, freeze to images on disk
     files: dict[str, ImageFile]  # name → size and checksum
     total_bytes: int  # sum of the files' sizes
+    # Bytes of page images CRIU's page server wrote elsewhere during the dump (a
+    # cold move's target: ssi.migration.channel); they arrive beside the files,
+    # unlisted, and are checked by their total size only.
+    pages_sent: int = 0
 
     @property
     def size(self) -> int:
@@ -235,6 +239,16 @@ def verify(ckpt: Path | str, *, digests: bool = True) -> Manifest:
             )
     if sum(f.size for f in m.files.values()) != m.total_bytes:
         raise CorruptCheckpoint(path, MANIFEST, "total_bytes does not add up")
+    if m.pages_sent:
+        got = sum(
+            e.stat().st_size
+            for e in os.scandir(path)
+            if is_page_image(e.name) and e.name not in m.files
+        )
+        if got != m.pages_sent:
+            raise CorruptCheckpoint(
+                path, "pages-*.img", f"{got} bytes, the dump sent {m.pages_sent}"
+            )
     if not digests:
         return m
     found = digest_files(path, m.files)

@@ -44,7 +44,7 @@ import msgspec
 
 import kernel_shim
 from kernel_shim import NsType, PidFd
-from ssi.checkpoint import Criu, LazyDump, LazyPagesDaemon, PageServer
+from ssi.checkpoint import Criu, CriuDaemon, LazyDump, PageServer
 from ssi.jobs import checkpointing, netjobs, procfs
 from ssi.jobs.cgroups import Cgroups, check_name, detect
 from ssi.jobs.local import LocalJob, read_status, readable, wait_readable, waitid
@@ -548,6 +548,7 @@ class JobRuntime:
         leave_running: bool,
         hold: bool = False,
         on_staging: Callable[[Path], None] | None = None,
+        ps_fd: int | None = None,
     ) -> Manifest:
         """Dump the job's whole namespace into `dest` (must not exist; its parent
         must) and write its manifest. The job is frozen from the start of the dump
@@ -559,9 +560,12 @@ class JobRuntime:
         write into, renamed to `dest` when whole: a copy may follow it as it grows.
         On any failure nothing of `dest` is left and the job runs on (as it was:
         a suspended job stays suspended): CriuError (`.blocker` names what CRIU
-        could not dump), CheckpointFailed (e.g. the disk filled up)."""
+        could not dump), CheckpointFailed (e.g. the disk filled up).
+        ps_fd: a TCP socket connected to a `criu page-server` (Criu.start_page_server,
+        a cold move's target): the pages go there, not into `dest`; the manifest
+        says how many bytes (pages_sent)."""
         return checkpointing.checkpoint(
-            self, self.job(job_id), Path(dest), leave_running, hold, on_staging
+            self, self.job(job_id), Path(dest), leave_running, hold, on_staging, ps_fd
         )
 
     def checkpoint_lazy(
@@ -596,12 +600,12 @@ class JobRuntime:
         source: PageServer,
         *,
         verified: bool = False,
-        daemon: LazyPagesDaemon | None = None,
-    ) -> tuple[LocalJob, LazyPagesDaemon]:
+        daemon: CriuDaemon | None = None,
+    ) -> tuple[LocalJob, CriuDaemon]:
         """restore(), post-copy: `ckpt` holds the images of checkpoint_lazy (no
         pages); a `criu lazy-pages` daemon fetches the pages from the page server at
         `source` while the job runs. The daemon exits once the last page arrived
-        (LazyPagesDaemon.wait() == 0); if it fails, the job's memory is incomplete:
+        (CriuDaemon.wait() == 0); if it fails, the job's memory is incomplete:
         kill the job. `source.fd`: a socket already connected to the page server.
         verified: the images were checked against the manifest's digests on
         arrival, and are not hashed again. daemon: one started already for these

@@ -1,21 +1,28 @@
-"""A live migration's own TCP connection, made before the freeze: it carries the
-non-memory images from source to target, then CRIU's page traffic, handed to both
-CRIUs as their page-server socket (`--ps-socket`), so that no CRIU listens at all.
+"""A migration's own TCP connection, made before the freeze, on which CRIU's page
+traffic and the other images travel: handed to both CRIUs as their page-server
+socket (`--ps-socket`), so that no CRIU listens at all.
 
-    target (agent.live_prepare)       coordinator             source (agent.migrate_out)
+    target (agent.move_prepare)       coordinator             source (agent.migrate_out)
     Incoming: listen on its cluster ── Invitation ──────────▶ connect(invitation)
       address, one connection,         (address, port,          from its cluster
       from the source's address,        one-time token)         address, token first
       starting with the token ◀──────────────────────────────── (before the freeze)
-                                                             freeze, CRIU lazy dump
+
+  live (post-copy):                                          freeze, CRIU lazy dump
       images written, sha256 each ◀──── send_images ────────── (ps_fd: this socket)
-    agent.restore: digests == the manifest's (CURVE control channel, via the
-      coordinator) ─▶ criu lazy-pages --ps-socket ◀── pages ── CRIU page server
+      criu lazy-pages --ps-socket ◀──── pages on demand ─────── CRIU page server
+  cold:                                                      freeze, CRIU dump
+      criu page-server --ps-socket ◀─── every page ──────────── (ps_fd: this socket)
+      (exits at the dump's end)
+      images written, sha256 each ◀──── send_images ────────── the other images
+  then agent.restore: digests == the manifest's (CURVE control channel, via the
+      coordinator); cold: the pages' total size == what the dump sent
 
 Integrity: the images are checked against digests that came over the authenticated
 control channel; the token keeps a third party from taking the source's place, the
 peer address check from taking the target's. The pages themselves travel in clear,
-as with CRIU's own page server (CRIU's TLS needs a GnuTLS build and certificates).
+as with CRIU's own page server (CRIU's TLS needs a GnuTLS build and certificates),
+and are checked by size (cold) or by CRIU's own accounting (live).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssi.checkpoint import LazyPagesDaemon
+from ssi.checkpoint import CriuDaemon
+from ssi.jobs.manifest import MANIFEST, sha256_file
+from ssi.jobs.manifest import read as read_manifest
 from ssi.proto.errors import BadRequest, Denied, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
@@ -83,6 +92,19 @@ def connect(invitation: Invitation, bind: str, timeout: float) -> socket.socket:
     return sock
 
 
+def send_manifest_files(sock: socket.socket, directory: Path) -> dict[str, str]:
+    """Send the files the manifest of `directory` lists and the manifest itself;
+    their sha256 (name → hex), for the target to check them against (through the
+    control channel). Unavailable if the connection fails."""
+    sums = read_manifest(directory).checksums()
+    sums[MANIFEST] = sha256_file(directory / MANIFEST)
+    try:
+        send_images(sock, directory, sorted(sums))
+    except OSError as e:
+        raise Unavailable(f"images to the target: {e}") from None
+    return sums
+
+
 def send_images(sock: socket.socket, directory: Path, names: list[str]) -> int:
     """Send the files `names` of `directory`, then the end mark; bytes sent."""
     total = 0
@@ -115,7 +137,8 @@ class Incoming:
         timeout: float,
         *,
         fifos: tuple[str, ...] = (),
-        on_accept: Callable[[socket.socket], LazyPagesDaemon] | None = None,
+        on_accept: Callable[[socket.socket], CriuDaemon] | None = None,
+        pages_first: bool = False,
     ) -> None:
         """Listen on `address` (this node's cluster address), port chosen by the
         kernel. `timeout`: seconds for the source to connect and for each read.
@@ -123,7 +146,9 @@ class Incoming:
         open them early and block until then (then they are regular files).
         on_accept(socket): run once the source is connected, before the images
         come; what it returns (a lazy-pages daemon reading `dest`) is .daemon,
-        killed by close() unless wait() handed it over."""
+        killed by close() unless wait() handed it over.
+        pages_first: what on_accept returns is a page server writing into `dest`
+        (a cold move): the images are read once it ended well."""
         self.source = source
         self.dest = Path(dest)
         self.timeout = timeout
@@ -131,8 +156,9 @@ class Incoming:
         self.digests: dict[str, str] = {}
         self.bytes = 0
         self.sock: socket.socket | None = None
-        self.daemon: LazyPagesDaemon | None = None
+        self.daemon: CriuDaemon | None = None
         self._on_accept = on_accept
+        self._pages_first = pages_first
         self._error: Exception | None = None
         self._done = threading.Event()
         self._closed = False
@@ -160,7 +186,9 @@ class Incoming:
         try:
             sock = self._accept()
             self.sock = sock
-            if self._on_accept is not None:
+            if self._pages_first:
+                self._take_pages(sock)
+            elif self._on_accept is not None:
                 try:
                     self.daemon = self._on_accept(sock)
                 except Exception as e:  # noqa: BLE001 (the restore starts its own)
@@ -201,6 +229,16 @@ class Incoming:
                 conn.close()
         finally:
             self._listener.close()
+
+    def _take_pages(self, sock: socket.socket) -> None:
+        """Run the page server on the connection until the dump closed its session
+        (it fails if the source goes away before that)."""
+        assert self._on_accept is not None
+        sock.setblocking(True)  # CRIU's: a timeout would make it non-blocking
+        self.daemon = self._on_accept(sock)
+        if self.daemon.wait() != 0:
+            raise self.daemon.error()
+        sock.settimeout(self.timeout)
 
     def _receive(self, sock: socket.socket) -> None:
         while True:

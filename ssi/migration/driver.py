@@ -12,12 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-from ssi.checkpoint import CriuError, LazyDump, LazyPagesDaemon, PageServer
-from ssi.jobs.manifest import MANIFEST, Manifest, sha256_file
+from ssi.checkpoint import CriuDaemon, CriuError, LazyDump, PageServer
+from ssi.jobs.manifest import Manifest
 from ssi.jobs.runtime import JobRuntime
-from ssi.migration.channel import send_images
+from ssi.migration.channel import send_manifest_files
 from ssi.migration.state import LiveTunables, Phase, SourceReport, TargetReport
-from ssi.proto.errors import Conflict, Unavailable
+from ssi.proto.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,8 @@ class LiveSource:
         hex), for the target to check them against (through the control channel).
         Unavailable if the connection fails."""
         assert self.channel is not None
-        sums = self.manifest.checksums()
-        sums[MANIFEST] = sha256_file(self.images_dir / MANIFEST)
-        try:
-            sent = send_images(self.channel, self.images_dir, sorted(sums))
-        except OSError as e:
-            raise Unavailable(f"live images to the target: {e}") from None
-        log.info("op=migrate.live.images job=%s sent=%sB", self.job_id, sent)
+        sums = send_manifest_files(self.channel, self.images_dir)
+        log.info("op=migrate.live.images job=%s files=%d", self.job_id, len(sums))
         return sums
 
     def _give_port(self) -> None:
@@ -238,7 +233,7 @@ class LiveTarget:
         rt: JobRuntime,
         job_id: str,
         images_dir: Path,
-        daemon: LazyPagesDaemon,
+        daemon: CriuDaemon,
         pid: int,
         began: float,
         restore_seconds: float,
@@ -262,14 +257,14 @@ class LiveTarget:
         images_dir: Path,
         source: PageServer,
         channel: socket.socket | None = None,
-        daemon: LazyPagesDaemon | None = None,
+        daemon: CriuDaemon | None = None,
     ) -> LiveTarget:
         """Restore the job from images_dir (LiveSource's images, pushed here) with
         its pages fetched from `source` (LiveSource.page_server), or on `channel`
         (Incoming.wait's socket, whose images arrived checked: not hashed again):
         returns once the job runs here. Call from a long-lived thread (see
         Criu.restore). daemon: a lazy-pages daemon started early for these
-        images (see LiveMoves). On failure nothing of the job is left here (the
+        images (see ssi.node.moves). On failure nothing of the job is left here (the
         channel closed, the daemon killed): CriuError, CorruptCheckpoint,
         Conflict."""
         began = time.perf_counter()

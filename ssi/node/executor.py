@@ -34,12 +34,12 @@ from ssi.node.copying import (
     checkpoint_copied,
 )
 from ssi.node.held import held, resume_held, unmount_cgroup_yards
-from ssi.node.live import LiveMoves
+from ssi.node.moves import Moves
 from ssi.node.service import Service
 from ssi.proto import messages as m
 from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
 from ssi.rpc.keys import KeyPair
-from ssi.transfer import BulkServer, TransferStats, fetch_dir, send_dir
+from ssi.transfer import BulkServer, fetch_dir, send_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Executor:
             cgroup_base=cfg.node.cgroup_base,
             networks=JobNetworks(cfg.net.link, address, cfg.net.netns_prefix),
         )
-        self.live = LiveMoves(self.runtime, self.spool, address)
+        self.moves = Moves(self.runtime, self.spool, address)
         self.bulk = BulkServer(
             None,
             f"tcp://{cfg.node.listen}:{cfg.node.port + BULK_PORT_OFFSET}",
@@ -103,7 +103,7 @@ class Executor:
             m.AgentRestore.op: self.on_restore,
             m.AgentForget.op: self.on_forget,
             m.AgentMigrateOut.op: self.on_migrate_out,
-            m.AgentLivePrepare.op: self.on_live_prepare,
+            m.AgentMovePrepare.op: self.on_move_prepare,
             m.AgentSettle.op: self.on_settle,
             m.AgentKeep.op: self.on_keep,
         }
@@ -336,7 +336,12 @@ class Executor:
         try:
             if body.lazy_from is not None:
                 return await self._restore_live(body, local, started)
-            images, fetched_from, problems = await self._usable_copy(local, body)
+            problems: list[str] = []
+            if body.channel_sums is not None:  # a cold move's, checked on arrival
+                images = await self.moves.arrived(body.checkpoint, body.channel_sums)
+                fetched_from = "channel"
+            else:
+                images, fetched_from, problems = await self._usable_copy(local, body)
             # A move's copy waits frozen until the coordinator recorded it (keep).
             job = await asyncio.to_thread(
                 functools.partial(
@@ -365,7 +370,7 @@ class Executor:
     ) -> dict[str, Any]:
         """Resume the job here at once; confirm only when its last page arrived."""
         assert body.lazy_from is not None
-        target, waited = await self.live.restore(
+        target, waited = await self.moves.restore(
             str(body.job), body.checkpoint, local, body.lazy_from
         )
         self._watch(self.runtime.job(str(body.job)))
@@ -457,74 +462,53 @@ class Executor:
     # --- migration: the source's half -------------------------------------------------
 
     async def on_migrate_out(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
-        """Dump, keep the job frozen here, push the images to the target. On any
-        failure the job runs on here, as it was."""
+        """Dump, keep the job frozen here, send the images to the target on the
+        move's channel (ssi.node.moves). On any failure the job runs on here, as it
+        was."""
         body = env.body
         assert isinstance(body, m.AgentMigrateOut)
         job_id, dest = str(body.job), self.spool / body.migration
         t0 = time.monotonic()
         self._before_dump(job_id)  # until on_settle
-        page_server: dict[str, Any] | None = None
-        sums: dict[str, str] | None = None  # live: the images' digests, if sent
-        copied: TransferStats | SsiError | None = None
         try:
             if body.live:  # pages stay here, served to the target on demand
-                source, sums = await self.live.dump(job_id, dest, body.channel)
+                source, sums = await self.moves.dump_live(job_id, dest, body.channel)
                 manifest = source.manifest
-                page_server = {"address": self.address, "port": source.port}
-            else:  # the images go to the target as CRIU writes them
+            else:  # every page goes to the target as CRIU dumps it
                 self._report_phase(body.job, body.migration, "sending")
-                manifest, copied = await checkpoint_copied(
-                    self.runtime,
-                    self.keypair,
-                    job_id,
-                    dest,
-                    body.target,
-                    body.migration,
-                    leave_running=True,
-                    hold=True,
-                )
+                try:
+                    manifest, sums = await self.moves.dump_cold(
+                        job_id, dest, body.channel
+                    )
+                finally:  # the source keeps no images (live: until commit)
+                    shutil.rmtree(dest, ignore_errors=True)
         except BaseException:
             self._after_dump(job_id, False)
             raise
-        t1 = time.monotonic()
-        try:
-            if body.live:
-                self._report_phase(body.job, body.migration, "sending")
-            if page_server is not None and sums is not None:  # sent on its channel
-                page_server.update(channel=True, checksums=sums)
-            elif body.live:
-                await send_dir(
-                    bulk_endpoint(body.target),
-                    body.target["key"],
-                    self.keypair,
-                    dest,
-                    body.migration,
-                    checksums=manifest.checksums(),
-                )
-            elif isinstance(copied, SsiError):
-                raise copied
-        except BaseException:
-            await self._settle(job_id, moved=False)
-            self._after_dump(job_id, False)
-            raise
-        finally:
-            if not body.live:  # the source keeps no images (live: until commit)
-                shutil.rmtree(dest, ignore_errors=True)
-        # Cold: the copy overlapped the dump; what it took beyond it is transfer.
-        dump_seconds = (t1 - t0) if body.live else manifest.dump_seconds
+        if body.live:
+            self._report_phase(body.job, body.migration, "sending")
+        # Cold: the pages went during the dump; what the rest took is transfer.
+        dump_seconds = (time.monotonic() - t0) if body.live else manifest.dump_seconds
         return {
-            "bytes": manifest.size,
+            "bytes": manifest.size + manifest.pages_sent,
             "dump_seconds": dump_seconds,
             "transfer_seconds": time.monotonic() - t0 - dump_seconds,
-            "page_server": page_server,
+            "page_server": {
+                "address": self.address,
+                "port": source.port,
+                "channel": True,
+                "checksums": sums,
+            }
+            if body.live
+            else None,
+            "checksums": sums,
         }
 
     async def _settle(self, job_id: str, *, moved: bool) -> None:
         if not moved:
             await self._resume_here(job_id)
             return
-        if await self.live.settle(job_id, moved=True):
+        if await self.moves.settle(job_id, moved=True):
             return
         with contextlib.suppress(Conflict):  # held by the ssid before us: it dies
             await asyncio.to_thread(self.runtime.settle, job_id, moved=True)
@@ -533,7 +517,7 @@ class Executor:
         """The store says the job runs here: end any hold of a move on it. Ours
         (a dump kept frozen, a live page server), or one the ssid before us left
         (a move cut short by its death, or by the coordinator's restart)."""
-        if await self.live.settle(job_id, moved=False):
+        if await self.moves.settle(job_id, moved=False):
             return
         try:
             await asyncio.to_thread(self.runtime.settle, job_id, moved=False)
@@ -542,10 +526,10 @@ class Executor:
                 log.warning("job %s runs here but was held: resuming it", job_id)
                 await self._resume_held(job_id)
 
-    async def on_live_prepare(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
+    async def on_move_prepare(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
-        assert isinstance(body, m.AgentLivePrepare)
-        return await self.live.prepare(body)
+        assert isinstance(body, m.AgentMovePrepare)
+        return await self.moves.prepare(body)
 
     async def on_settle(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
@@ -589,7 +573,7 @@ class Executor:
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")
-            self.live.drop(ckpt)  # a live move's invitation, if any
+            self.moves.drop(ckpt)  # a live move's invitation, if any
             for root in (self.spool, self.shared):
                 if root is not None:
                     shutil.rmtree(root / ckpt, ignore_errors=True)

@@ -410,27 +410,32 @@ class AgentRestore(Request[Any], tag="agent.restore"):
     holders: list[dict[str, Any]] = []  # [{name, address, port, key}]
     cleanup: bool = False  # remove the images once restored (a migration's)
     lazy_from: dict[str, Any] | None = None  # live: the source's page server
+    # cold, on the move's channel: the digests of the images sent (name → sha256)
+    channel_sums: dict[str, str] | None = None
 
 
 class AgentMigrateOut(Request[Any], tag="agent.migrate_out"):
-    """A migration's source: dump the job, keep it frozen, push the images to the
-    target under the name `migration`."""
+    """A migration's source: dump the job, keep it frozen, send the images to the
+    target on the connection it invited (`channel`, agent.move_prepare's answer)
+    under the name `migration`."""
 
     job: int
     migration: str
-    target: dict[str, Any]  # {name, address, port, key}
+    channel: dict[str, Any]  # {address, port, token}
     live: bool = False  # post-copy: only non-memory images move now, pages later
-    channel: dict[str, Any] | None = None  # live: agent.live_prepare's invitation
 
 
-class AgentLivePrepare(Request[Any], tag="agent.live_prepare"):
-    """A live migration's target, before the source freezes the job: listen for the
-    source's connection (images, then pages) from `source` (its cluster address);
-    answers the invitation {address, port, token} for agent.migrate_out."""
+class AgentMovePrepare(Request[Any], tag="agent.move_prepare"):
+    """A migration's target, before the source freezes the job: listen for the
+    source's connection from `source` (its cluster address); answers the
+    invitation {address, port, token} for agent.migrate_out. Live: the images
+    come on it, then CRIU's page traffic; cold: CRIU's pages (a page server here),
+    then the other images."""
 
     job: int
     migration: str
     source: str
+    live: bool = False
 
 
 class AgentSettle(Request[Any], tag="agent.settle"):

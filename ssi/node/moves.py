@@ -1,7 +1,8 @@
-"""The agent's live (post-copy) migrations, both halves, on their own connection
+"""The agent's halves of a migration, on the move's own connection
 (ssi.migration.channel) rather than the bulk server and a CRIU listener:
 
-    target  agent.live_prepare ─▶ Incoming (listens for the source only) ─▶ invitation
+    target  agent.move_prepare ─▶ Incoming (listens for the source only) ─▶ invitation
+  live (post-copy):
     source  agent.migrate_out(live, channel) ─▶ connect ─▶ LiveSource.begin (CRIU
             seizes, dumps, serves on the socket) ─▶ send_images ─▶ digests
     target  on the connection: criu lazy-pages started at once, on FIFOs for the
@@ -10,6 +11,15 @@
     target  agent.restore(lazy_from: digests) ─▶ Incoming.wait (images checked)
             ─▶ LiveTarget.begin (restore, the daemon on the socket) ─▶ wait_pages
     source  agent.settle ─▶ LiveSource.commit / abort
+  cold:
+    target  on the connection: criu page-server started at once (its probing
+            overlaps the freeze's start), writing the pages as the dump sends them
+    source  agent.migrate_out(channel) ─▶ connect ─▶ checkpoint(hold, ps_fd: the
+            socket): CRIU sends every page to that page server and writes the
+            other images here ─▶ send_manifest_files ─▶ digests; nothing kept here
+    target  agent.restore(channel_sums) ─▶ Incoming.wait (images checked, pages by
+            size) ─▶ restore, frozen until agent.keep
+    source  agent.settle ─▶ kill the frozen job, or thaw it
 
 An invitation nobody claims within `claim_timeout` (the coordinator gave up or died)
 is dropped with what arrived; a source that goes away drops it too.
@@ -25,18 +35,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ssi.checkpoint import LazyPagesDaemon, PageServer
+from ssi.checkpoint import CriuDaemon, PageServer
 from ssi.checkpoint.criu import EARLY_IMAGES
 from ssi.jobs import JobRuntime
+from ssi.jobs.manifest import Manifest
 from ssi.migration import LiveSource, LiveTarget
-from ssi.migration.channel import Incoming, Invitation, connect
+from ssi.migration.channel import Incoming, Invitation, connect, send_manifest_files
 from ssi.proto import messages as m
 from ssi.proto.errors import BadRequest, NotFound
 
 log = logging.getLogger(__name__)
 
 
-class LiveMoves:
+class Moves:
     CONNECT_TIMEOUT = 10.0  # seconds for the source to reach the target
     CLAIM_TIMEOUT = 120.0  # seconds an invitation waits for its restore
 
@@ -50,7 +61,7 @@ class LiveMoves:
 
     # --- target ---------------------------------------------------------------------
 
-    async def prepare(self, body: m.AgentLivePrepare) -> dict[str, Any]:
+    async def prepare(self, body: m.AgentMovePrepare) -> dict[str, Any]:
         name = body.migration
         if "/" in name or name.startswith(".") or name in self.incoming:
             raise BadRequest(f"bad or busy migration name {name!r}")
@@ -61,19 +72,28 @@ class LiveMoves:
             run_dir.mkdir(mode=0o700)
             self._run_dirs[name] = run_dir
 
-        def start_daemon(sock: socket.socket) -> LazyPagesDaemon:
+        def start_daemon(sock: socket.socket) -> CriuDaemon:
             return self.runtime.criu.start_lazy_pages(
                 self.spool / name, "", 0, ps_fd=sock.fileno(), work_dir=str(run_dir)
             )
 
+        def start_page_server(sock: socket.socket) -> CriuDaemon:
+            return self.runtime.criu.start_page_server(self.spool / name, sock.fileno())
+
+        if body.live:
+            extra: dict[str, Any] = {
+                "fifos": EARLY_IMAGES if early else (),
+                "on_accept": start_daemon if early else None,
+            }
+        else:
+            extra = {"on_accept": start_page_server, "pages_first": True}
         inc = await asyncio.to_thread(
             Incoming,
             self.address,
             body.source,
             self.spool / name,
             self.CLAIM_TIMEOUT,
-            fifos=EARLY_IMAGES if early else (),
-            on_accept=start_daemon if early else None,
+            **extra,
         )
         self.incoming[name] = inc
         asyncio.get_running_loop().call_later(self.CLAIM_TIMEOUT, self.drop, name, inc)
@@ -90,6 +110,21 @@ class LiveMoves:
                 shutil.rmtree(run_dir, ignore_errors=True)
             log.info("op=migrate.live.drop migration=%s: never claimed", name)
 
+    def _claim(self, name: str) -> Incoming:
+        inc = self.incoming.pop(name, None)
+        self._run_dirs.pop(name, None)  # the restore's from now on
+        if inc is None:
+            raise NotFound(f"no migration channel for {name}: expired or never made")
+        return inc
+
+    async def arrived(self, name: str, sums: dict[str, str]) -> Path:
+        """Where a cold move's images are, once whole and checked against `sums`
+        (from the control channel)."""
+        inc = self._claim(name)
+        sock = await asyncio.to_thread(inc.wait, sums, self.CONNECT_TIMEOUT)
+        sock.close()
+        return inc.dest
+
     async def restore(
         self, job_id: str, name: str, local: Path, lazy: dict[str, Any]
     ) -> tuple[LiveTarget, float]:
@@ -101,10 +136,7 @@ class LiveMoves:
         daemon = None
         waited = 0.0
         if lazy.get("channel"):
-            inc = self.incoming.pop(name, None)
-            self._run_dirs.pop(name, None)  # the restore's from now on
-            if inc is None:
-                raise NotFound(f"no live channel for {name}: expired or never made")
+            inc = self._claim(name)
             t = time.perf_counter()
             channel = await asyncio.to_thread(
                 inc.wait, dict(lazy["checksums"]), self.CONNECT_TIMEOUT
@@ -118,29 +150,19 @@ class LiveMoves:
 
     # --- source ---------------------------------------------------------------------
 
-    async def dump(
-        self, job_id: str, dest: Path, invitation: dict[str, Any] | None
-    ) -> tuple[LiveSource, dict[str, str] | None]:
+    async def dump_live(
+        self, job_id: str, dest: Path, invitation: dict[str, Any]
+    ) -> tuple[LiveSource, dict[str, str]]:
         """Connect to the target (before the freeze), then freeze, dump and send
         the images on that connection in the same worker trip (no hop through
-        the event loop while the job is frozen). The images' digests (None
-        without an invitation: the caller pushes them). On failure the job runs
-        on here."""
-        channel = None
-        if invitation is not None:
-            channel = await asyncio.to_thread(
-                connect,
-                Invitation.from_wire(invitation),
-                self.address,
-                self.CONNECT_TIMEOUT,
-            )
+        the event loop while the job is frozen). The images' digests. On failure
+        the job runs on here."""
+        channel = await self._connect(invitation)
 
-        def begin() -> tuple[LiveSource, dict[str, str] | None]:
+        def begin() -> tuple[LiveSource, dict[str, str]]:
             source = LiveSource.begin(
                 self.runtime, job_id, dest, self.address, None, channel
             )
-            if channel is None:
-                return source, None
             try:
                 return source, source.send_images()
             except BaseException:
@@ -150,11 +172,47 @@ class LiveMoves:
         try:
             source, sums = await asyncio.to_thread(begin)
         except BaseException:
-            if channel is not None:
-                channel.close()
+            channel.close()
             raise
         self.sources[job_id] = source
         return source, sums
+
+    async def _connect(self, invitation: dict[str, Any]) -> socket.socket:
+        return await asyncio.to_thread(
+            connect,
+            Invitation.from_wire(invitation),
+            self.address,
+            self.CONNECT_TIMEOUT,
+        )
+
+    async def dump_cold(
+        self, job_id: str, dest: Path, invitation: dict[str, Any]
+    ) -> tuple[Manifest, dict[str, str]]:
+        """Connect to the target (before the freeze), then freeze, dump (the pages
+        to the target's page server) and send the other images, in one worker
+        trip: the job stays frozen (held) until settle. The images' digests. On
+        failure the job runs on here."""
+        channel = await asyncio.to_thread(
+            connect,
+            Invitation.from_wire(invitation),
+            self.address,
+            self.CONNECT_TIMEOUT,
+        )
+
+        def dump_and_send() -> tuple[Manifest, dict[str, str]]:
+            manifest = self.runtime.checkpoint(
+                job_id, dest, leave_running=True, hold=True, ps_fd=channel.fileno()
+            )
+            try:
+                return manifest, send_manifest_files(channel, dest)
+            except BaseException:
+                self.runtime.settle(job_id, moved=False)
+                raise
+
+        try:
+            return await asyncio.to_thread(dump_and_send)
+        finally:
+            channel.close()
 
     async def settle(self, job_id: str, *, moved: bool) -> bool:
         """Commit or abort the move out of `job_id`; False if none is under way."""
