@@ -19,7 +19,7 @@ Goals (issue 5): live freeze <= 1.2 x raw lazy; 1G live freeze <= 1.5 x 10M live
 freeze; live total of a writing job <= raw lazy's; cold total <= 1.3 x raw cold.
 
 Run as root: .venv/bin/python benchmarks/bench_migration.py
-    [--sizes 10M,100M,1G] [--repeat 3] [--modes ...] [--json]
+    [--sizes 10M,100M,1G] [--repeat 3] [--modes ...] [--work DIR] [--json]
 """
 
 from __future__ import annotations
@@ -180,18 +180,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", default="", help="comma-separated subset of modes")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--work", default="/dev/shm", help="tmpfs for images and ticks")
+    ap.add_argument(
+        "--work",
+        default="",
+        help="directory for raw CRIU's images and the jobs' ticks (default: on the "
+        "file system of the cluster's spools, so that raw CRIU writes where ssi does)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="ssi-bench-mig-", dir=args.work))
-    os.chmod(work, 0o755)
     samples: list[dict[str, Any]] = []
     cluster = LocalSsiCluster(2, prefix=unique_prefix("bm"), subnet=free_subnet())
+    work = Path("/nonexistent")
     try:
         cluster.up()
+        work = Path(
+            tempfile.mkdtemp(prefix="ssi-bench-mig-", dir=args.work or cluster.base)
+        )
+        os.chmod(work, 0o755)
         with two_nodes(work) as (_nodes, a, b):
             chosen = modes(cluster, a, b)
             if args.modes:
@@ -200,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(args.repeat):
                 for size in sizes:
                     for mode, measure in chosen.items():
+                        os.sync()  # no write-back of the last run's images in this one
                         r = measure(size, work)
                         samples.append({"mode": mode, "run": run, **asdict(r)})
                         if not args.json:
@@ -211,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                                 flush=True,
                             )
     finally:
-        cluster.down()
         shutil.rmtree(work, ignore_errors=True)
+        cluster.down()
     rows = median_rows(samples)
     ratio = ratios(rows)
     if args.json:

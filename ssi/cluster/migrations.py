@@ -198,6 +198,7 @@ class Migrations:
         except SsiError as e:
             raise self._failed(job, target, "prepare", e) from None
         self._phase(job, "dumping", source.name, name)
+        t_freeze = time.monotonic()  # the source freezes the job on this request
         try:
             out = await self._call(
                 source,
@@ -251,7 +252,7 @@ class Migrations:
             "from": source.name,
             "to": target.name,
             "mode": "live" if live else "cold",
-            "freeze_seconds": t3 - t0,
+            "freeze_seconds": t3 - t_freeze,
             "dump_seconds": out["dump_seconds"],
             "transfer_seconds": out["transfer_seconds"],
             "restore_seconds": t2 - t1,
@@ -263,7 +264,7 @@ class Migrations:
                 freeze_seconds=frozen + restored["restore_seconds"],
                 restore_seconds=restored["restore_seconds"],
                 pages_seconds=restored["pages_seconds"],
-                last_page_seconds=t2 - t0,  # the target answers once all arrived
+                last_page_seconds=t2 - t_freeze,  # the target answers once all came
                 bytes=out["bytes"] + restored["page_bytes"],
                 page_bytes=restored["page_bytes"],
             )
