@@ -265,7 +265,9 @@ def test_client_killed_mid_push_is_cleaned_up(tmp_path: Path) -> None:
 
 
 def test_client_gone_mid_fetch_ends_the_session(tmp_path: Path) -> None:
-    big_file(tmp_path / "out" / "ck" / "pages-1.img", 64 * MiB)
+    # Big enough to be still under way when the test looks (64 MiB once finished
+    # between two looks on a busy machine).
+    big_file(tmp_path / "out" / "ck" / "pages-1.img", 256 * MiB)
     server_keys = keypair()
 
     async def main() -> None:
@@ -280,7 +282,7 @@ def test_client_gone_mid_fetch_ends_the_session(tmp_path: Path) -> None:
         await server.start()
         try:
             # One small chunk in flight: the fetch lasts long enough to be cut
-            # short (a full window finished 64 MiB between two looks, once).
+            # short.
             slow = Options(chunk_size=64 * 1024, window=1)
             task = asyncio.ensure_future(
                 fetch_dir(
