@@ -50,7 +50,6 @@ async def checkpoint_copied(
     name: str,
     *,
     leave_running: bool,
-    hold: bool = False,
 ) -> tuple[Manifest, TransferStats | SsiError | None]:
     """runtime.checkpoint(job_id, dest) with a copy of it pushed to `peer` (a node
     record: name, address, port, key) as `name` meanwhile. Returns the manifest
@@ -76,7 +75,6 @@ async def checkpoint_copied(
             job_id,
             dest,
             leave_running=leave_running,
-            hold=hold,
             on_staging=on_staging if task is not None else None,
         )
     except BaseException:

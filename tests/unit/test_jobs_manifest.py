@@ -141,6 +141,23 @@ def test_total_and_format_are_checked(tmp_path: Path) -> None:
         verify(ckpt)
 
 
+def test_pages_a_page_server_wrote_are_checked_by_their_total_size(
+    tmp_path: Path,
+) -> None:
+    """A cold move's pages arrive through CRIU's page server, beside the listed
+    files: their total must be what the dump says it sent."""
+    ckpt, _ = make(tmp_path, pages_sent=3 * 4096)
+    with pytest.raises(CorruptCheckpoint, match="0 bytes, the dump sent 12288"):
+        verify(ckpt, digests=False)
+    (ckpt / "pages-65537.img").write_bytes(b"p" * 4096)
+    (ckpt / "pages-65538.img").write_bytes(b"q" * 4096)
+    with pytest.raises(CorruptCheckpoint, match="8192 bytes, the dump sent 12288"):
+        verify(ckpt)  # one page short: truncated on the way
+    with open(ckpt / "pages-65538.img", "ab") as f:
+        f.write(b"q" * 4096)
+    assert verify(ckpt).pages_sent == 3 * 4096
+
+
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(CorruptCheckpoint, match="not a directory"):
         verify(tmp_path / "nothing")
