@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
 TOKEN_TIMEOUT = 1.0  # seconds a connection has to send the token
+# Seconds sent data may stay unacknowledged (or the peer's window shut) before
+# the connection fails: a peer that died, or whose process holding the socket
+# takes nothing any more, must not hold a frozen job and a CRIU blocked in a
+# send (which has no timeout of its own) for ever.
+STALL_TIMEOUT_MS = 20_000
 _HEAD = struct.Struct("!HQ")  # name length (0: no more files), file size
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1 << 20
@@ -83,6 +88,7 @@ def connect(invitation: Invitation, bind: str, timeout: float) -> socket.socket:
         sock = socket.create_connection(
             (invitation.address, invitation.port), timeout, source_address=(bind, 0)
         )
+        _bound_stalls(sock)
         sock.sendall(bytes.fromhex(invitation.token))
     except (OSError, ValueError) as e:
         raise Unavailable(
@@ -221,6 +227,7 @@ class Incoming:
                     got = _recv_exact(conn, TOKEN_BYTES)
                 if host == self.source and hmac.compare_digest(got, self.token):
                     conn.settimeout(self.timeout)
+                    _bound_stalls(conn)
                     return conn
                 log.warning(
                     "op=migrate.live.channel refused %s:%s (want %s with the token)",
@@ -326,6 +333,10 @@ def _fill_fifo(fifo: int, data_file: Path, path: Path) -> None:
             view = view[os.write(fifo, view) :]
     finally:
         os.close(fifo)
+
+
+def _bound_stalls(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, STALL_TIMEOUT_MS)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -65,10 +65,31 @@ class Moves:
         name = body.migration
         if "/" in name or name.startswith(".") or name in self.incoming:
             raise BadRequest(f"bad or busy migration name {name!r}")
-        job_id = str(body.job)
+        dest = self.spool / name
+
+        def start_page_server(sock: socket.socket) -> CriuDaemon:
+            return self.runtime.criu.start_page_server(dest, sock.fileno())
+
+        how: dict[str, Any] = (
+            self._early_lazy_pages(name, str(body.job))
+            if body.live
+            else {"on_accept": start_page_server, "pages_first": True}
+        )
+        inc = await asyncio.to_thread(
+            Incoming, self.address, body.source, dest, self.CLAIM_TIMEOUT, **how
+        )
+        self.incoming[name] = inc
+        asyncio.get_running_loop().call_later(self.CLAIM_TIMEOUT, self.drop, name, inc)
+        return inc.invitation.to_wire()
+
+    def _early_lazy_pages(self, name: str, job_id: str) -> dict[str, Any]:
+        """Incoming's arguments that start a live move's lazy-pages daemon as soon
+        as the source connects, if the job has no run directory here yet (else
+        the restore refuses anyway, and starts its own)."""
         run_dir = self.runtime.root / job_id
-        early = not (run_dir / "job.json").exists()  # else the restore refuses
-        if early and not run_dir.exists():  # the daemon's work dir, and the restore's
+        if (run_dir / "job.json").exists():
+            return {}
+        if not run_dir.exists():  # the daemon's work dir, and the restore's
             run_dir.mkdir(mode=0o700)
             self._run_dirs[name] = run_dir
 
@@ -77,27 +98,7 @@ class Moves:
                 self.spool / name, "", 0, ps_fd=sock.fileno(), work_dir=str(run_dir)
             )
 
-        def start_page_server(sock: socket.socket) -> CriuDaemon:
-            return self.runtime.criu.start_page_server(self.spool / name, sock.fileno())
-
-        if body.live:
-            extra: dict[str, Any] = {
-                "fifos": EARLY_IMAGES if early else (),
-                "on_accept": start_daemon if early else None,
-            }
-        else:
-            extra = {"on_accept": start_page_server, "pages_first": True}
-        inc = await asyncio.to_thread(
-            Incoming,
-            self.address,
-            body.source,
-            self.spool / name,
-            self.CLAIM_TIMEOUT,
-            **extra,
-        )
-        self.incoming[name] = inc
-        asyncio.get_running_loop().call_later(self.CLAIM_TIMEOUT, self.drop, name, inc)
-        return inc.invitation.to_wire()
+        return {"fifos": EARLY_IMAGES, "on_accept": start_daemon}
 
     def drop(self, name: str, inc: Incoming | None = None) -> None:
         """Forget an unclaimed invitation (`inc`: only if it is still that one)."""
@@ -108,7 +109,7 @@ class Moves:
             run_dir = self._run_dirs.pop(name, None)
             if run_dir is not None and not (run_dir / "job.json").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)
-            log.info("op=migrate.live.drop migration=%s: never claimed", name)
+            log.info("op=migrate.drop migration=%s: never claimed", name)
 
     def _claim(self, name: str) -> Incoming:
         inc = self.incoming.pop(name, None)
