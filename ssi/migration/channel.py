@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
 TOKEN_TIMEOUT = 1.0  # seconds a connection has to send the token
-# Seconds sent data may stay unacknowledged (or the peer's window shut) before
+# How long sent data may stay unacknowledged (or the peer's window shut) before
 # the connection fails: a peer that died, or whose process holding the socket
 # takes nothing any more, must not hold a frozen job and a CRIU blocked in a
 # send (which has no timeout of its own) for ever.
@@ -92,7 +92,7 @@ def connect(invitation: Invitation, bind: str, timeout: float) -> socket.socket:
         sock.sendall(bytes.fromhex(invitation.token))
     except (OSError, ValueError) as e:
         raise Unavailable(
-            f"live channel to {invitation.address}:{invitation.port}: {e}"
+            f"move channel to {invitation.address}:{invitation.port}: {e}"
         ) from None
     sock.setblocking(True)
     return sock
@@ -185,7 +185,7 @@ class Incoming:
             address, self._listener.getsockname()[1], self.token.hex()
         )
         threading.Thread(
-            target=self._run, name=f"live-incoming-{dest.name}", daemon=True
+            target=self._run, name=f"move-incoming-{dest.name}", daemon=True
         ).start()
 
     def _run(self) -> None:
@@ -198,7 +198,7 @@ class Incoming:
                 try:
                     self.daemon = self._on_accept(sock)
                 except Exception as e:  # noqa: BLE001 (the restore starts its own)
-                    log.warning("op=migrate.live.channel early start failed: %s", e)
+                    log.warning("op=migrate.channel early start failed: %s", e)
             self._receive(sock)
             sock.setblocking(True)  # CRIU's now
         except Exception as e:  # noqa: BLE001 (the waiter gets it)
@@ -230,7 +230,7 @@ class Incoming:
                     _bound_stalls(conn)
                     return conn
                 log.warning(
-                    "op=migrate.live.channel refused %s:%s (want %s with the token)",
+                    "op=migrate.channel refused %s:%s (want %s with the token)",
                     host, port, self.source,
                 )  # fmt: skip
                 conn.close()
@@ -254,7 +254,7 @@ class Incoming:
                 return
             name = _recv_exact(sock, n).decode(errors="replace")
             if not _NAME.match(name) or name in self.digests:
-                raise BadRequest(f"live channel: bad file name {name!r}")
+                raise BadRequest(f"move channel: bad file name {name!r}")
             fifo = self._fifos.pop(name, None)
             target = self.dest / (name + ".part" if fifo is not None else name)
             h = hashlib.sha256()
@@ -266,7 +266,7 @@ class Incoming:
                 while left:
                     data = sock.recv(min(left, _CHUNK))
                     if not data:
-                        raise Unavailable("live channel: the source went away")
+                        raise Unavailable("move channel: the source went away")
                     h.update(data)
                     os.write(fd, data)
                     left -= len(data)
@@ -283,13 +283,13 @@ class Incoming:
         else Denied (and everything dropped). Timeout, or what the transfer hit."""
         if not self._done.wait(timeout):
             self.close()
-            raise Timeout(f"live images not arrived after {timeout}s")
+            raise Timeout(f"the move's images not arrived after {timeout}s")
         if self._error is not None or self.sock is None:
-            raise self._error or Unavailable("live channel closed")
+            raise self._error or Unavailable("move channel closed")
         if self.digests != expected:
             bad = sorted(set(self.digests.items()) ^ set(expected.items()))
             self.close()
-            raise Denied(f"live images differ from their manifest: {bad[:3]}")
+            raise Denied(f"the move's images differ from their manifest: {bad[:3]}")
         self._closed = True  # the caller's now: socket, images, daemon
         return self.sock
 
@@ -344,6 +344,6 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     while len(buf) < n:
         data = sock.recv(n - len(buf))
         if not data:
-            raise Unavailable("live channel: the peer went away")
+            raise Unavailable("move channel: the peer went away")
         buf += data
     return bytes(buf)
