@@ -138,8 +138,8 @@ class TailHasher:
     nothing new was found or every LOOK_EVERY seconds, not once per step.
     """
 
-    MIN_STEP = 4 << 20  # bytes worth a step while CRIU still writes
-    IDLE = 0.002  # seconds between looks at the files when they did not grow
+    MIN_STEP = 1 << 20  # bytes worth a step while CRIU still writes
+    IDLE = 0.001  # seconds between looks at the files when they did not grow
     LOOK_EVERY = 0.05  # seconds between looks for new page files while hashing
 
     def __init__(self, directory: Path) -> None:
