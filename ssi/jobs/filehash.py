@@ -6,13 +6,16 @@
 
 One core hashes ~1.7 GB/s here, slower than CRIU writes (~2.5 GB/s into the page
 cache), so every copy on the way counts: a mapping of the page cache saves the copy
-into a buffer that read() makes (~15% of the time per GB, measured), and one hashlib
-call per window lets go of the GIL once per WINDOW bytes, not once per small chunk.
+into a buffer that read() makes (a cached GB hashed at 1.66 GB/s mapped, 1.55 with
+readinto, 1.45 with read, 1.76 for sha256 alone), and one hashlib call per window
+lets go of the GIL once per WINDOW bytes, not once per small chunk.
 
-An access to a mapped page that cannot be read (a file truncated meanwhile, an I/O
-error of a network file system) would be a SIGBUS, which kills the daemon: each
-window is faulted in first with MADV_POPULATE_READ, which reports that as an OSError
-instead. Kernels before 5.14 lack it (EINVAL): pread() then, into one buffer.
+An access to a mapped page that cannot be read (past a truncated end, an I/O error
+of a network file system) is a SIGBUS, which would kill the daemon: each window is
+faulted in first with MADV_POPULATE_READ, which reports that as an OSError instead,
+and hashed right after. Only a truncation in between would still hurt: CRIU never
+truncates its images, and nothing else writes a checkpoint being hashed. Kernels
+before 5.14 lack it (EINVAL): pread() then.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ WINDOW = 32 << 20  # bytes mapped (or read) and hashed per step
 # Linux's MADV_POPULATE_READ (5.14), which Python 3.11's mmap does not name.
 _MADV_POPULATE_READ = 22
 
+_READ_CHUNK = 1 << 20  # bytes per pread() when mapping is not available
 _mapping_works = True  # False once the kernel refused MADV_POPULATE_READ
 
 
@@ -65,7 +69,7 @@ def _hash_mapped(fd: int, h: Any, offset: int, length: int) -> None:
 
 
 def _hash_read(fd: int, h: Any, offset: int, length: int) -> int:
-    buf = bytearray(min(length, WINDOW))
+    buf = bytearray(min(length, _READ_CHUNK))
     done = 0
     with memoryview(buf) as view:
         while done < length:
