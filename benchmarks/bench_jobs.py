@@ -12,7 +12,7 @@ samples interleaved so drift hits all alike.
              checked on arrival; shared: read in place)
 
 Run: .venv/bin/python benchmarks/bench_jobs.py [--sizes 10M,100M,1G] [--repeat N]
-     [--json]
+     [--modes peer,shared] [--json]
 Goal (issue 4): ssi checkpoint throughput >= 0.8 x raw CRIU dump throughput.
 Migration figures are benchmarks/bench_migration.py's.
 """
@@ -95,35 +95,40 @@ def main() -> int:
     )
     ap.add_argument("--sizes", default="10M,100M,1G")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--modes", default=",".join(MODES), help="peer, shared or both")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    modes = [mode.strip() for mode in args.modes.split(",")]
+    if not modes or set(modes) - set(MODES):
+        ap.error(f"--modes: a comma-separated choice of {', '.join(MODES)}")
     tag = os.getpid() % 1000
-    clusters = {
+    every = {
         "peer": LocalSsiCluster(3, prefix=f"bjp{tag}", subnet="10.83.0.0/24"),
         "shared": LocalSsiCluster(
             3, prefix=f"bjs{tag}", subnet="10.84.0.0/24", shared_spool=True
         ),
     }
+    clusters = {mode: every[mode] for mode in modes}
     rows: list[dict[str, Any]] = []
     try:
         for c in clusters.values():
             c.up()
         # Raw CRIU writes where the clusters' spools are (here /run is not tmpfs:
         # a tmpfs baseline would compare two file systems, not ssi with CRIU).
-        same_fs = clusters["peer"].base
+        same_fs = clusters[modes[0]].base
         with tempfile.TemporaryDirectory(prefix="ssi-bench-jobs-") as work:
             for size in sizes:
                 raw: list[dict[str, float]] = []
-                ours: dict[str, list[dict[str, float]]] = {k: [] for k in MODES}
+                ours: dict[str, list[dict[str, float]]] = {k: [] for k in modes}
                 for _ in range(args.repeat):
                     os.sync()
                     s = measure_once(size, base=same_fs)
                     raw.append({"dump_s": s.dump_s, "restore_s": s.restore_s})
-                    for mode in MODES:
+                    for mode in modes:
                         ours[mode].append(ssi_once(clusters[mode], size, Path(work)))
                 base = median(raw)
-                for mode in MODES:
+                for mode in modes:
                     med = median(ours[mode])
                     rows.append(
                         {

@@ -86,8 +86,9 @@ class Checkpoints:
         ]
         # Candidates in order: the first that takes a copy holds it (one is enough).
         replicas = [endpoint(n) for n in others[:3]]
-        seq = len(self.store.checkpoints(job.id)) + 1
-        ckpt_id = f"{job.id}-{seq}-{int(time.time())}"
+        ckpt_id = (
+            f"{job.id}-{_next_seq(self.store.checkpoints(job.id))}-{int(time.time())}"
+        )
         try:
             done = await self.peers.call(
                 node,
@@ -131,18 +132,23 @@ class Checkpoints:
             seconds=done.get("seconds"),
             size=ckpt.size,
         )
-        await self._retain(job.id)
+        self._retain(job.id)
         return ckpt
 
-    async def _retain(self, job_id: int) -> None:
+    def _retain(self, job_id: int) -> None:
         """Keep the last few checkpoints of a job; drop the older copies everywhere.
         The records go first, in the same step as the new one's arrival, so that no
-        listing or restart sees more than ckpt_keep; the copies follow (best effort:
-        a holder that is down keeps its copy)."""
+        listing or restart sees more than ckpt_keep; the copies follow in the
+        background, not on the way of the answer (best effort: a holder that is
+        down keeps its copy)."""
         keep = self.cfg.cluster.ckpt_keep
         old = self.store.checkpoints(job_id)[:-keep]
         for ckpt in old:
             self.store.delete_checkpoint(ckpt.id)
+        if old:
+            self.jobs.spawn(self._delete_copies(job_id, old))
+
+    async def _delete_copies(self, job_id: int, old: list[CheckpointRecord]) -> None:
         for ckpt in old:
             for holder in ckpt.holders:
                 rec = self.store.node(holder)
@@ -330,3 +336,13 @@ class Checkpoints:
             await self.restart(job, cause=f"lost:{event.node}", exclude=(event.node,))
         except SsiError as e:
             log.error("job %d could not be recovered after %s: %s", job.id, why, e)
+
+
+def _next_seq(ckpts: list[CheckpointRecord]) -> int:
+    """The sequence number of a job's next checkpoint (ids "<job>-<seq>-<time>"):
+    one past its newest, so that an id is never taken twice, even once retention
+    has deleted older ones (a count would repeat the newest's within a second)."""
+    seqs = [
+        int(p[1]) for c in ckpts if len(p := c.id.split("-")) == 3 and p[1].isdigit()
+    ]
+    return max(seqs, default=len(ckpts)) + 1

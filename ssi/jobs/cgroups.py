@@ -25,7 +25,7 @@ import re
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -34,7 +34,16 @@ MOUNTINFO = "/proc/self/mountinfo"
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "freezer", "pids")
 V2_CONTROLLERS = ("cpu", "memory", "pids")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_POLL = 0.005  # seconds between polls of a freezer's state
+_POLL = 0.005  # seconds between polls of a freezer's state, at most
+
+
+def _pauses() -> Iterator[float]:
+    """Pauses between polls of a freezer's state: short first (a freeze usually
+    settles within a millisecond, and every checkpoint waits for one), then _POLL."""
+    pause = 0.0002
+    while True:
+        yield pause
+        pause = min(pause * 2, _POLL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +307,7 @@ class CgroupV1(Cgroups):
     def _set(self, job_id: str, want: str, timeout: float) -> None:
         state_file = self.freezer_dir(job_id) / "freezer.state"
         deadline = time.monotonic() + timeout
+        pauses = _pauses()
         while True:
             # FREEZING may stall on a task in an uninterruptible sleep: writing FROZEN
             # again retries the tasks still running.
@@ -309,7 +319,7 @@ class CgroupV1(Cgroups):
                     errno.ETIMEDOUT,
                     f"{state_file} still {self._state(job_id)} after {timeout}s",
                 )
-            time.sleep(_POLL)
+            time.sleep(next(pauses))
 
     def usage(self, job_id: str) -> CgroupUsage:
         cpu = mem = None
@@ -384,13 +394,14 @@ class CgroupV2(Cgroups):
         d = self.freezer_dir(job_id)
         _write(d / "cgroup.freeze", want)
         deadline = time.monotonic() + timeout
+        pauses = _pauses()
         while self._events(job_id).get("frozen", want).strip() != want:
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     errno.ETIMEDOUT,
                     f"{d}/cgroup.events not frozen {want} after {timeout}s",
                 )
-            time.sleep(_POLL)
+            time.sleep(next(pauses))
 
     def kill(self, job_id: str, timeout: float = 5.0) -> None:
         killer = self.freezer_dir(job_id) / "cgroup.kill"

@@ -16,20 +16,21 @@ import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from ssi.jobs.errors import CorruptCheckpoint
+from ssi.jobs.filehash import WINDOW, hash_range, sha256_fd
 from ssi.jobs.model import JobSpec
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 REQUIRED = ("inventory.img", "pstree.img")  # CRIU restores nothing without them
-_CHUNK = 1 << 20
+_BIG = 4 << 20  # bytes: a file worth a thread of its own when hashed
 
 
 class ImageFile(msgspec.Struct, frozen=True):
@@ -72,28 +73,39 @@ def is_covered(name: str) -> bool:
 
 
 def sha256_file(path: Path) -> str:
-    with open(path, "rb", buffering=0) as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return _digest(path).sha256
+
+
+def _digest(path: Path) -> ImageFile:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return ImageFile(*sha256_fd(fd))
+    finally:
+        os.close(fd)
 
 
 def digest_files(
     directory: Path, names: Iterable[str], done: Mapping[str, ImageFile] | None = None
 ) -> dict[str, ImageFile]:
-    """Size and sha256 of each file, hashed on two threads (hashlib lets go of the
-    GIL), so a big pages image and the many small ones overlap. `done`: files hashed
-    already (by a TailHasher), taken as they are."""
+    """Size and sha256 of each file. `done`: files hashed already (by a TailHasher),
+    taken as they are. Big files are hashed on two threads (hashlib lets go of the
+    GIL), so that two big pages images overlap; small ones here, where a thread
+    hand-off would cost more than their hashing."""
     done = done or {}
-    names = sorted(n for n in names if n not in done)
+    sizes = {n: (directory / n).stat().st_size for n in names if n not in done}
 
     def one(name: str) -> tuple[str, ImageFile]:
-        path = directory / name
-        size = path.stat().st_size
-        return name, ImageFile(size, sha256_file(path))
+        return name, _digest(directory / name)
 
-    # Largest first, so the big pages file does not start last.
-    by_size = sorted(names, key=lambda n: -(directory / n).stat().st_size)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssi-sha") as pool:
-        return dict(sorted([*pool.map(one, by_size), *done.items()]))
+    # Largest first, so the biggest file does not start last.
+    big = sorted((n for n in sizes if sizes[n] >= _BIG), key=lambda n: -sizes[n])
+    out = [one(n) for n, size in sizes.items() if size < _BIG]
+    if len(big) > 1:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssi-sha") as pool:
+            out.extend(pool.map(one, big))
+    else:
+        out.extend(map(one, big))
+    return dict(sorted([*out, *done.items()]))
 
 
 _PAGE_IMAGE = re.compile(r"^pages-\d+\.img$")
@@ -104,21 +116,39 @@ def is_page_image(name: str) -> bool:
     return _PAGE_IMAGE.match(name) is not None
 
 
+class _Tail:
+    """One followed file: its descriptor, its hash so far, and how far it got."""
+
+    __slots__ = ("fd", "hash", "size")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.hash = hashlib.sha256()
+        self.size = 0  # bytes hashed
+
+
 class TailHasher:
     """Hashes CRIU's page images while CRIU writes them, so that hashing overlaps the
     dump instead of following it (on another core).
 
     CRIU writes each pages-N.img once, front to back, never going back: a thread
     follows every such file to its current end, then again as it grows; finish()
-    reads what is left once CRIU is done. The result is checked like any other by
+    hashes what is left once CRIU is done. The result is checked like any other by
     verify() before every restore.
+
+    sha256 on one core is slower than CRIU's writing: the hash of a big dump ends
+    after CRIU, and whatever slows it adds to the checkpoint. So the written part is
+    hashed in place (ssi.jobs.filehash), and the directory is looked at only when
+    nothing new was found or every LOOK_EVERY seconds, not once per step.
     """
 
-    CHUNK = 4 << 20
+    MIN_STEP = 1 << 20  # bytes worth a step while CRIU still writes
+    IDLE = 0.001  # seconds between looks at the files when they did not grow
+    LOOK_EVERY = 0.05  # seconds between looks for new page files while hashing
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._files: dict[str, tuple[int, Any, list[int]]] = {}  # fd, hash, [size]
+        self._files: dict[str, _Tail] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="ssi-tail-sha", daemon=True
@@ -126,45 +156,58 @@ class TailHasher:
         self._thread.start()
 
     def _run(self) -> None:
+        grew, next_look = False, 0.0
         while not self._stop.is_set():
-            if not self._poll():
-                self._stop.wait(0.002)
+            now = time.monotonic()
+            if not grew or now >= next_look:
+                self._look()
+                next_look = now + self.LOOK_EVERY
+            grew = False
+            try:
+                for tail in self._files.values():
+                    grew = self._step(tail, self.MIN_STEP) or grew
+            except OSError:  # unreadable: finish() meets it again, and says so
+                return
+            if not grew:
+                self._stop.wait(self.IDLE)
 
-    def _poll(self) -> bool:
-        progressed = False
+    def _look(self) -> None:
+        """Open the page images that appeared since the last look."""
         try:
             names = [e.name for e in os.scandir(self.directory)]
         except OSError:
-            return False
+            return
         for name in names:
             if name not in self._files and is_page_image(name):
                 try:
                     fd = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError:
                     continue
-                self._files[name] = (fd, hashlib.sha256(), [0])
-        for fd, h, size in self._files.values():
-            data = os.read(fd, self.CHUNK)
-            if data:
-                h.update(data)
-                size[0] += len(data)
-                progressed = True
-        return progressed
+                self._files[name] = _Tail(fd)
+
+    def _step(self, tail: _Tail, least: int) -> bool:
+        """Hash up to WINDOW more bytes of the file if at least `least` are there;
+        whether it did."""
+        ahead = os.fstat(tail.fd).st_size - tail.size
+        if ahead < max(least, 1):
+            return False
+        got = hash_range(tail.fd, tail.hash, tail.size, min(ahead, WINDOW))
+        tail.size += got
+        return got > 0
 
     def finish(self) -> dict[str, ImageFile]:
         """Stop following, hash what is left of each file; name → ImageFile."""
         self._stop.set()
         self._thread.join()
-        self._poll()  # a file written whole since the thread last looked
+        self._look()  # a file written whole since the thread last looked
         out: dict[str, ImageFile] = {}
         try:
-            for name, (fd, h, size) in self._files.items():
-                while data := os.read(fd, self.CHUNK):
-                    h.update(data)
-                    size[0] += len(data)
-                if os.fstat(fd).st_size != size[0]:
+            for name, tail in self._files.items():
+                while self._step(tail, 1):
+                    pass
+                if os.fstat(tail.fd).st_size != tail.size:
                     raise OSError(f"{name} changed while it was hashed")
-                out[name] = ImageFile(size[0], h.hexdigest())
+                out[name] = ImageFile(tail.size, tail.hash.hexdigest())
         finally:
             self.close()
         return out
@@ -173,8 +216,8 @@ class TailHasher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        for fd, _, _ in self._files.values():
-            os.close(fd)
+        for tail in self._files.values():
+            os.close(tail.fd)
         self._files.clear()
 
 
