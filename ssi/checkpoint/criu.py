@@ -109,13 +109,16 @@ class DumpOptions:
     manage_cgroups: CgroupMode = CgroupMode.SOFT
     freeze_cgroup: str | None = None  # freeze through this cgroup's freezer, not ptrace
     external: tuple[str, ...] = ()  # CRIU --external resources, e.g. "mnt[/x]:x"
+    # The cgroup hierarchies (CRIU's names, e.g. "freezer") whose place of the tree
+    # is dumped; () dumps every one (mounting each, ~15 ms with ten v1 of them).
+    cgroup_controllers: tuple[str, ...] = ()
     tcp_established: bool = False  # dump established TCP connections (repair mode)
     network_lock: NetworkLock | None = None  # None: CRIU's default (iptables)
     timeout: int | None = None  # seconds CRIU may spend freezing and collecting
     ghost_limit: int | None = None  # bytes of deleted-but-open files kept in images
     log_level: int = 4  # 0 (errors only) … 4 (debug); 4 costs a few ms and finds bugs
     work_dir: str | None = None  # where the log goes; default: the images dir
-    # Migration, later: incremental dumps, memory tracking, lazy pages, page server.
+    # Incremental dumps, memory tracking, lazy pages, page server.
     parent_img: str | None = None  # relative to the images dir
     track_mem: bool = False
     lazy_pages: bool = False
@@ -250,6 +253,7 @@ class Criu:
         opts.shell_job = o.shell_job
         opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
         opts.external.extend(o.external)
+        opts.cgroup_dump_controller.extend(o.cgroup_controllers)
         if o.network_lock is not None:
             opts.network_lock = rpc.criu_network_lock_method.Value(o.network_lock.value)
         if o.freeze_cgroup:
@@ -384,6 +388,7 @@ class Criu:
         opts.shell_job = o.shell_job
         opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
         opts.external.extend(o.external)
+        opts.cgroup_dump_controller.extend(o.cgroup_controllers)
         opts.tcp_established = o.tcp_established
         if o.network_lock is not None:
             opts.network_lock = rpc.criu_network_lock_method.Value(o.network_lock.value)

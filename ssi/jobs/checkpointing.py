@@ -95,6 +95,7 @@ def checkpoint(
                 options=DumpOptions(
                     freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
                     manage_cgroups=CgroupMode.SOFT,
+                    cgroup_controllers=_job_controllers(rt),
                     # The log outlives a failed dump (its images are removed).
                     work_dir=str(rt.root / job_id),
                     page_server=None if ps_fd is None else PageServer("", 0, ps_fd),
@@ -190,6 +191,7 @@ def checkpoint_lazy(
                 options=DumpOptions(
                     freeze_cgroup=str(rt.cgroups.freezer_dir(job_id)),
                     manage_cgroups=CgroupMode.SOFT,
+                    cgroup_controllers=_job_controllers(rt),
                     work_dir=str(rt.root / job_id),
                     **netjobs.dump_extras(job),
                 ),
@@ -250,6 +252,12 @@ def _manifest(
         files=files,
         total_bytes=sum(f.size for f in files.values()),
     )
+
+
+def _job_controllers(rt: JobRuntime) -> tuple[str, ...]:
+    """The hierarchies where the job has a cgroup of its own (v1), for CRIU to dump
+    only those; () on cgroup v2 (one hierarchy: CRIU's default)."""
+    return tuple(c for c in rt.cgroups.controllers() if c)
 
 
 def _pages_sent(stats: Mapping[str, int]) -> int:
