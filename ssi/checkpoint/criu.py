@@ -451,7 +451,6 @@ class Criu:
         work = Path(work_dir) if work_dir else images
         log_path = work / log_file
         r, w = os.pipe2(os.O_CLOEXEC)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         argv = [
             self.binary, "lazy-pages", "-D", str(images), "-W", str(work),
             "--page-server", "-o", log_file, f"-v{log_level}", "--status-fd", str(w),
@@ -461,26 +460,14 @@ class Criu:
         else:  # already connected to the dump's page server: CRIU connects nowhere
             argv += ["--ps-socket", str(ps_fd)]
         try:
-            try:
-                child = kernel_shim.spawn(
-                    argv,
-                    netns=self.netns,
-                    stdin=null,
-                    stdout=null,
-                    stderr=null,
-                    pass_fds=(w,) if ps_fd is None else (w, ps_fd),
-                    new_session=False,
-                )
-            except OSError as e:
-                raise CriuError(
-                    "lazy-pages", f"cannot start {self.binary}: {e}"
-                ) from None
+            child = self._spawn(
+                "lazy-pages", argv, (w,) if ps_fd is None else (w, ps_fd)
+            )
         except BaseException:
             os.close(r)
             raise
         finally:
             os.close(w)
-            os.close(null)
         return CriuDaemon(child, log_path, r, images)
 
     def start_page_server(
@@ -503,22 +490,26 @@ class Criu:
             self.binary, "page-server", "-D", str(images), "-W", str(work),
             "-o", log_file, f"-v{log_level}", "--ps-socket", str(ps_fd),
         ]  # fmt: skip
+        child = self._spawn("page-server", argv, (ps_fd,))
+        return CriuDaemon(child, work / log_file, images=images, op="page-server")
+
+    def _spawn(self, op: str, argv: list[str], pass_fds: tuple[int, ...]) -> int:
+        """A long-lived CRIU process (in CRIU's netns, stdio on /dev/null); its PID."""
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            child = kernel_shim.spawn(
+            return kernel_shim.spawn(
                 argv,
                 netns=self.netns,
                 stdin=null,
                 stdout=null,
                 stderr=null,
-                pass_fds=(ps_fd,),
+                pass_fds=pass_fds,
                 new_session=False,
             )
         except OSError as e:
-            raise CriuError("page-server", f"cannot start {self.binary}: {e}") from None
+            raise CriuError(op, f"cannot start {self.binary}: {e}") from None
         finally:
             os.close(null)
-        return CriuDaemon(child, work / log_file, images=images, op="page-server")
 
     # -- plumbing ----------------------------------------------------------------
 
