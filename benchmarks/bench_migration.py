@@ -37,6 +37,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._criu_baseline import format_size, parse_size  # noqa: E402
@@ -89,10 +91,22 @@ def measure_ssi(
     finally:
         c.call("node1", m.JobKill(job=job, signal=9))
         wait_for("the job to end", lambda: _state(c, job) != "running", 60)
+        # Both copies gone, their memory given back, before the next measurement
+        # (raw CRIU's jobs are reaped before their measurement returns).
+        wait_for("its processes to go", lambda: not _running_with(str(ticks)), 60)
 
 
 def _state(c: LocalSsiCluster, job: int) -> str:
     return str(c.call("node1", m.JobShow(job=job))["state"])
+
+
+def _running_with(arg: str) -> list[int]:
+    """Processes (not zombies) whose command line holds `arg`."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if arg in (p.info["cmdline"] or []) and p.info["status"] != "zombie":
+            found.append(p.pid)
+    return found
 
 
 Measure = Callable[[int, Path], Result]
