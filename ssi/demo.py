@@ -66,7 +66,7 @@ def job_demo(cluster: LocalSsiCluster, prefix: str, work: Path) -> None:
         "the counter to reach 10", lambda: out.exists() and last_count(out)[1] >= 10, 15
     )
     ssi_cli(prefix, "ps")
-    step("ssi migrate: freeze, dump, push to node2 over CURVE, restore, resume")
+    step("ssi migrate: freeze, dump straight into node2's CRIU, restore, resume")
     ssi_cli(prefix, "migrate", str(job), "node2")
     inner, n = last_count(out)
     wait_for("the count to go on", lambda: last_count(out)[1] >= n + 10, 15)
