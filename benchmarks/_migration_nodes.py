@@ -197,14 +197,15 @@ def live_migrate(
 
 def _kill_daemon_before_restore(dst: Side) -> None:
     """Fault injection: the target's lazy-pages daemon dies right after it starts."""
-    real = dst.rt.criu.lazy_pages
+    real = dst.rt.criu.start_lazy_pages
 
     def dying(*a: Any, **kw: Any) -> Any:
         d = real(*a, **kw)
+        d.wait_started(dst.rt.criu.SWRK_EXIT_TIMEOUT)
         d.kill()
         return d
 
-    dst.rt.criu.lazy_pages = dying  # type: ignore[method-assign]
+    dst.rt.criu.start_lazy_pages = dying  # type: ignore[method-assign]
 
 
 def measure_live(
@@ -234,64 +235,79 @@ def _raw_job(side: Side, work: Path, size: int, write_pages: int) -> tuple[Job, 
     return job, out
 
 
+@dataclass
+class _RawRun:
+    """One raw CRIU move's job, its ticks, and its two image directories: where
+    CRIU dumps, and the copy the target restores from."""
+
+    job: Job
+    out: Path
+    images: Path
+    moved: Path
+    restored: Job | None = None
+
+
+@contextlib.contextmanager
+def _raw_run(size: int, work: Path, src: Side, write_pages: int) -> Iterator[_RawRun]:
+    """A job started on `src`; on the way out both copies killed, images removed."""
+    job, out = _raw_job(src, work, size, write_pages)
+    run = _RawRun(
+        job,
+        out,
+        Path(tempfile.mkdtemp(dir=work)),
+        Path(tempfile.mkdtemp(dir=work)) / "img",
+    )
+    try:
+        yield run
+    finally:
+        job.kill()
+        if run.restored is not None:
+            run.restored.kill()
+        shutil.rmtree(run.images, ignore_errors=True)
+        shutil.rmtree(run.moved.parent, ignore_errors=True)
+
+
 def measure_raw_lazy(
     size: int, work: Path, src: Side, dst: Side, write_pages: int = 0
 ) -> Result:
     """criu dump --lazy-pages (its page server) + criu lazy-pages + criu restore
     --lazy-pages, the images copied between the two."""
-    job, out = _raw_job(src, work, size, write_pages)
-    images = Path(tempfile.mkdtemp(dir=work))
-    moved = Path(tempfile.mkdtemp(dir=work)) / "img"
-    restored: Job | None = None
-    try:
-        before = len(read_ticks(out))
+    with _raw_run(size, work, src, write_pages) as r:
+        before = len(read_ticks(r.out))
         t0 = time.perf_counter()
-        dump = src.rt.criu.dump_lazy(job.pid, images, RAW_PORT)
+        dump = src.rt.criu.dump_lazy(r.job.pid, r.images, RAW_PORT)
         dump.wait_ready(60)
-        shutil.copytree(images, moved)
-        daemon = dst.rt.criu.lazy_pages(moved, src.address, RAW_PORT)
+        shutil.copytree(r.images, r.moved)
+        daemon = dst.rt.criu.start_lazy_pages(r.moved, src.address, RAW_PORT)
+        daemon.wait_started(dst.rt.criu.SWRK_EXIT_TIMEOUT)
         res = dst.thread.run(
-            lambda: dst.rt.criu.restore(moved, options=RestoreOptions(lazy_pages=True))
+            lambda: dst.rt.criu.restore(
+                r.moved, options=RestoreOptions(lazy_pages=True)
+            )
         )
-        restored = Job(res.pid, res.pid)
+        r.restored = Job(res.pid, res.pid)
         restore_s = time.perf_counter() - t0
         daemon.wait(600)
         total = time.perf_counter() - t0  # the last page arrived
         dump.wait(60)
-        job.kill()
-        img = sum(p.stat().st_size for p in images.iterdir())
+        r.job.kill()
+        img = sum(p.stat().st_size for p in r.images.iterdir())
         pages = page_bytes(daemon.log_path)
-        return Result(size, pause_during(out, before), total, restore_s, img, pages)
-    finally:
-        job.kill()
-        if restored is not None:
-            restored.kill()
-        shutil.rmtree(images, ignore_errors=True)
-        shutil.rmtree(moved.parent, ignore_errors=True)
+        return Result(size, pause_during(r.out, before), total, restore_s, img, pages)
 
 
 def measure_raw_cold(
     size: int, work: Path, src: Side, dst: Side, write_pages: int = 0
 ) -> Result:
     """criu dump + criu restore, the images copied between the two."""
-    job, out = _raw_job(src, work, size, write_pages)
-    images = Path(tempfile.mkdtemp(dir=work))
-    moved = Path(tempfile.mkdtemp(dir=work)) / "img"
-    restored: Job | None = None
-    try:
-        before = len(read_ticks(out))
+    with _raw_run(size, work, src, write_pages) as r:
+        before = len(read_ticks(r.out))
         t0 = time.perf_counter()
-        src.rt.criu.dump(job.pid, images)
-        job.reaped()
-        shutil.copytree(images, moved)
-        res = dst.thread.run(lambda: dst.rt.criu.restore(moved))
-        restored = Job(res.pid, res.pid)
+        src.rt.criu.dump(r.job.pid, r.images)
+        r.job.reaped()
+        shutil.copytree(r.images, r.moved)
+        res = dst.thread.run(lambda: dst.rt.criu.restore(r.moved))
+        r.restored = Job(res.pid, res.pid)
         total = time.perf_counter() - t0
-        img = sum(p.stat().st_size for p in images.iterdir())
-        return Result(size, pause_during(out, before), total, total, img, 0)
-    finally:
-        job.kill()
-        if restored is not None:
-            restored.kill()
-        shutil.rmtree(images, ignore_errors=True)
-        shutil.rmtree(moved.parent, ignore_errors=True)
+        img = sum(p.stat().st_size for p in r.images.iterdir())
+        return Result(size, pause_during(r.out, before), total, total, img, 0)

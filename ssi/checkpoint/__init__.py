@@ -18,7 +18,7 @@ from ssi.checkpoint.criu import (
 )
 from ssi.checkpoint.errors import CriuError
 from ssi.checkpoint.lazy import CriuDaemon, LazyDump
-from ssi.checkpoint.outcome import DumpResult, RestoreResult, log_errors
+from ssi.checkpoint.outcome import PAGE_SIZE, DumpResult, RestoreResult, log_errors
 
 __all__ = [
     "CgroupMode",
@@ -30,6 +30,7 @@ __all__ = [
     "LazyDump",
     "CriuDaemon",
     "NetworkLock",
+    "PAGE_SIZE",
     "PageServer",
     "RestoreOptions",
     "RestoreResult",

@@ -408,7 +408,7 @@ class Criu:
         log_path = work / log_file
         return LazyDump(self, req, path, log_path, o.work_dir, port, on_ready, ps_fd)
 
-    def lazy_pages(
+    def start_lazy_pages(
         self,
         images_dir: str | os.PathLike[str],
         address: str,
@@ -421,32 +421,14 @@ class Criu:
     ) -> CriuDaemon:
         """Start `criu lazy-pages` (in self.netns) for the images in images_dir,
         fetching pages from the page server at address:port, or on ps_fd, a socket
-        already connected to it (Criu.dump_lazy's ps_fd); returns once it listens
-        for the restore (whose work_dir must be the same). It exits once every page
-        of the restored tree has arrived (CriuDaemon.wait)."""
-        daemon = self.start_lazy_pages(
-            images_dir, address, port, ps_fd=ps_fd, work_dir=work_dir,
-            log_file=log_file, log_level=log_level,
-        )  # fmt: skip
-        daemon.wait_started(self.SWRK_EXIT_TIMEOUT)
-        return daemon
-
-    def start_lazy_pages(
-        self,
-        images_dir: str | os.PathLike[str],
-        address: str,
-        port: int,
-        *,
-        ps_fd: int | None = None,
-        work_dir: str | None = None,
-        log_file: str = "lazy-pages.log",
-        log_level: int = 4,
-    ) -> CriuDaemon:
-        """lazy_pages() without waiting: the daemon may start before its images are
-        whole. It spends its first tens of ms probing the kernel (no kdat cache on
-        a /run that is not tmpfs), then reads inventory.img and pstree.img, and the
-        other images only once the restore connects; those two may be FIFOs the
-        caller fills later. CriuDaemon.wait_started() before the restore."""
+        already connected to it (Criu.dump_lazy's ps_fd). It exits once every page
+        of the restored tree has arrived (CriuDaemon.wait).
+        Returns at once: the daemon may start before its images are whole. It
+        spends its first tens of ms probing the kernel (no kdat cache on a /run
+        that is not tmpfs), then reads inventory.img and pstree.img, and the other
+        images only once the restore connects; those two may be FIFOs the caller
+        fills later. CriuDaemon.wait_started() before the restore (whose work_dir
+        must be the same)."""
         images = Path(images_dir)
         work = Path(work_dir) if work_dir else images
         log_path = work / log_file

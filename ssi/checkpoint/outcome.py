@@ -16,6 +16,7 @@ from pathlib import Path
 import pycriu
 
 SWRK_EXIT_TIMEOUT = 30.0  # seconds CRIU may take to exit once it has answered
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # CRIU's unit of page images and counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,14 @@ class DumpResult:
     @property
     def image_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.images_dir.iterdir() if p.is_file())
+
+    @property
+    def pages_written_bytes(self) -> int:
+        """Bytes of page images the dump wrote, here or to a page server."""
+        pages = self.stats.get("pages_written", 0) + self.stats.get(
+            "shpages_written", 0
+        )
+        return pages * PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # CRIU's unit of page images
-
 
 def checkpoint(
     rt: JobRuntime,
@@ -113,7 +111,7 @@ def checkpoint(
                 hasher.finish(),
             )
             if ps_fd is not None:
-                m = msgspec.structs.replace(m, pages_sent=_pages_sent(dumped.stats))
+                m = msgspec.structs.replace(m, pages_sent=dumped.pages_written_bytes)
             mf.write(tmp, m, fsync=rt.durable)
             tmp.chmod(0o755)
             if rt.durable:
@@ -260,12 +258,6 @@ def _job_controllers(rt: JobRuntime) -> tuple[str, ...]:
     return tuple(c for c in rt.cgroups.controllers() if c)
 
 
-def _pages_sent(stats: Mapping[str, int]) -> int:
-    """Bytes of page images a dump's CRIU stats say it wrote (to a page server)."""
-    pages = stats.get("pages_written", 0) + stats.get("shpages_written", 0)
-    return pages * PAGE_SIZE
-
-
 def settle(rt: JobRuntime, job: LocalJob, moved: bool) -> None:
     """End a held checkpoint: the job moved (it dies here, still frozen), or it did
     not (it runs on here, as it was)."""
@@ -408,16 +400,16 @@ def _restore(
     if m.cgroup != rec.cgroup:
         roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
     net = netjobs.prepare_restore(rt, job, ckpt)  # {}: on the node's network
-    if lazy is not None and lazy.daemon is not None:
+    if lazy is not None:
+        if lazy.daemon is None:
+            lazy.daemon = rt.criu.start_lazy_pages(
+                ckpt,
+                lazy.source.address,
+                lazy.source.port,
+                ps_fd=lazy.source.fd,
+                work_dir=str(run_dir),
+            )
         lazy.daemon.wait_started(rt.criu.SWRK_EXIT_TIMEOUT)
-    elif lazy is not None:
-        lazy.daemon = rt.criu.lazy_pages(
-            ckpt,
-            lazy.source.address,
-            lazy.source.port,
-            ps_fd=lazy.source.fd,
-            work_dir=str(run_dir),
-        )
     res = rt.criu.restore(
         ckpt,
         options=RestoreOptions(

@@ -46,8 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ssi.checkpoint import CriuDaemon
-from ssi.jobs.manifest import MANIFEST, sha256_file
-from ssi.jobs.manifest import read as read_manifest
+from ssi.jobs.manifest import MANIFEST, Manifest, sha256_file
 from ssi.proto.errors import BadRequest, Denied, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
@@ -98,11 +97,13 @@ def connect(invitation: Invitation, bind: str, timeout: float) -> socket.socket:
     return sock
 
 
-def send_manifest_files(sock: socket.socket, directory: Path) -> dict[str, str]:
-    """Send the files the manifest of `directory` lists and the manifest itself;
+def send_manifest_files(
+    sock: socket.socket, directory: Path, manifest: Manifest
+) -> dict[str, str]:
+    """Send the files `manifest` (that of `directory`) lists and manifest.json;
     their sha256 (name → hex), for the target to check them against (through the
     control channel). Unavailable if the connection fails."""
-    sums = read_manifest(directory).checksums()
+    sums = manifest.checksums()
     sums[MANIFEST] = sha256_file(directory / MANIFEST)
     try:
         send_images(sock, directory, sorted(sums))

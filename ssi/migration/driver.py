@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from ssi.checkpoint import CriuDaemon, CriuError, LazyDump, PageServer
+from ssi.checkpoint import PAGE_SIZE, CriuDaemon, CriuError, LazyDump, PageServer
 from ssi.jobs.manifest import Manifest
 from ssi.jobs.runtime import JobRuntime
 from ssi.migration.channel import send_manifest_files
@@ -21,7 +21,6 @@ from ssi.proto.errors import Conflict
 
 log = logging.getLogger(__name__)
 
-PAGE = 4096
 _TRANSFERRED = re.compile(r"UFFD transferred pages: \((\d+)/(\d+)\)")
 
 
@@ -87,7 +86,7 @@ class LiveSource:
         hex), for the target to check them against (through the control channel).
         Unavailable if the connection fails."""
         assert self.channel is not None
-        sums = send_manifest_files(self.channel, self.images_dir)
+        sums = send_manifest_files(self.channel, self.images_dir, self.manifest)
         log.info("op=migrate.live.images job=%s files=%d", self.job_id, len(sums))
         return sums
 
@@ -337,4 +336,4 @@ def page_bytes(log_path: Path) -> int:
         text = log_path.read_text(errors="replace")
     except OSError:
         return 0
-    return sum(int(m.group(1)) for m in _TRANSFERRED.finditer(text)) * PAGE
+    return sum(int(m.group(1)) for m in _TRANSFERRED.finditer(text)) * PAGE_SIZE

@@ -37,7 +37,7 @@ from ssi.node.held import held, resume_held, unmount_cgroup_yards
 from ssi.node.moves import Moves
 from ssi.node.service import Service
 from ssi.proto import messages as m
-from ssi.proto.errors import Conflict, NotFound, SsiError, Unavailable
+from ssi.proto.errors import BadRequest, Conflict, NotFound, SsiError, Unavailable
 from ssi.rpc.keys import KeyPair
 from ssi.transfer import BulkServer, fetch_dir, send_dir
 
@@ -334,7 +334,7 @@ class Executor:
         if body.cleanup:  # a move: its copy here must not outlive us unconfirmed
             await asyncio.to_thread(self._guard().arm, self._freezer(job_id))
         try:
-            if body.lazy_from is not None:
+            if body.live:
                 return await self._restore_live(body, local, started)
             problems: list[str] = []
             if body.channel_sums is not None:  # a cold move's, checked on arrival
@@ -369,9 +369,10 @@ class Executor:
         self, body: m.AgentRestore, local: Path, started: float
     ) -> dict[str, Any]:
         """Resume the job here at once; confirm only when its last page arrived."""
-        assert body.lazy_from is not None
+        if body.channel_sums is None:
+            raise BadRequest("a live restore needs its images' digests")
         target, waited = await self.moves.restore(
-            str(body.job), body.checkpoint, local, body.lazy_from
+            str(body.job), body.checkpoint, local, body.channel_sums
         )
         self._watch(self.runtime.job(str(body.job)))
         self._report_phase(body.job, body.checkpoint, "fetching-pages")
@@ -493,14 +494,6 @@ class Executor:
             "bytes": manifest.size + manifest.pages_sent,
             "dump_seconds": dump_seconds,
             "transfer_seconds": time.monotonic() - t0 - dump_seconds,
-            "page_server": {
-                "address": self.address,
-                "port": source.port,
-                "channel": True,
-                "checksums": sums,
-            }
-            if body.live
-            else None,
             "checksums": sums,
         }
 

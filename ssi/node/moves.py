@@ -8,7 +8,7 @@
     target  on the connection: criu lazy-pages started at once, on FIFOs for the
             two images it reads first: its start (~30-60 ms of probing the kernel
             here) overlaps the source's dump instead of following it
-    target  agent.restore(lazy_from: digests) ─▶ Incoming.wait (images checked)
+    target  agent.restore(live, digests) ─▶ Incoming.wait (images checked)
             ─▶ LiveTarget.begin (restore, the daemon on the socket) ─▶ wait_pages
     source  agent.settle ─▶ LiveSource.commit / abort
   cold:
@@ -17,7 +17,7 @@
     source  agent.migrate_out(channel) ─▶ connect ─▶ checkpoint(hold, ps_fd: the
             socket): CRIU sends every page to that page server and writes the
             other images here ─▶ send_manifest_files ─▶ digests; nothing kept here
-    target  agent.restore(channel_sums) ─▶ Incoming.wait (images checked, pages by
+    target  agent.restore(digests) ─▶ Incoming.wait (images checked, pages by
             size) ─▶ restore, frozen until agent.keep
     source  agent.settle ─▶ kill the frozen job, or thaw it
 
@@ -127,25 +127,24 @@ class Moves:
         return inc.dest
 
     async def restore(
-        self, job_id: str, name: str, local: Path, lazy: dict[str, Any]
+        self, job_id: str, name: str, local: Path, sums: dict[str, str]
     ) -> tuple[LiveTarget, float]:
-        """Restore the job here from what the source sent (checked against the
-        digests that came with the request); the job runs on return. Also the
-        seconds spent waiting for the images to be whole."""
-        source = PageServer(str(lazy["address"]), int(lazy["port"]))
-        channel = None
-        daemon = None
-        waited = 0.0
-        if lazy.get("channel"):
-            inc = self._claim(name)
-            t = time.perf_counter()
-            channel = await asyncio.to_thread(
-                inc.wait, dict(lazy["checksums"]), self.CONNECT_TIMEOUT
-            )
-            waited = time.perf_counter() - t
-            daemon = inc.daemon
+        """Restore a live move's job here from what the source sent (checked
+        against `sums`, from the control channel); the job runs on return, its
+        pages following on the channel. Also the seconds spent waiting for the
+        images to be whole."""
+        inc = self._claim(name)
+        t = time.perf_counter()
+        channel = await asyncio.to_thread(inc.wait, sums, self.CONNECT_TIMEOUT)
+        waited = time.perf_counter() - t
         target = await asyncio.to_thread(
-            LiveTarget.begin, self.runtime, job_id, local, source, channel, daemon
+            LiveTarget.begin,
+            self.runtime,
+            job_id,
+            local,
+            PageServer(inc.source, 0),  # where the pages come from, on `channel`
+            channel,
+            inc.daemon,
         )
         return target, waited
 
@@ -205,7 +204,7 @@ class Moves:
                 job_id, dest, leave_running=True, hold=True, ps_fd=channel.fileno()
             )
             try:
-                return manifest, send_manifest_files(channel, dest)
+                return manifest, send_manifest_files(channel, dest, manifest)
             except BaseException:
                 self.runtime.settle(job_id, moved=False)
                 raise

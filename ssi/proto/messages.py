@@ -409,9 +409,9 @@ class AgentRestore(Request[Any], tag="agent.restore"):
     spec: dict[str, Any]
     holders: list[dict[str, Any]] = []  # [{name, address, port, key}]
     cleanup: bool = False  # remove the images once restored (a migration's)
-    lazy_from: dict[str, Any] | None = None  # live: the source's page server
-    # cold, on the move's channel: the digests of the images sent (name → sha256)
+    # A move's: the digests of the images sent on its channel (name → sha256)
     channel_sums: dict[str, str] | None = None
+    live: bool = False  # a move's, post-copy: the pages follow on the channel
 
 
 class AgentMigrateOut(Request[Any], tag="agent.migrate_out"):
