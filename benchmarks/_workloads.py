@@ -11,6 +11,9 @@ Workloads, run as `python -c CODE ARGS`:
   in memory from 0, so a restore shows as a continuing count (no gap, no repeat) and the
   same PID; the realtime stamp (time.time) measures the pause across a dump/restore.
 - MEMORY: allocates and writes N bytes, says "ready" in a file, then idles.
+- SPARSE_PAGES: stamps runs of pages of one mapping, holes between them, and every page
+  of another, with threads idling beside; prints what its memory holds (see there) at
+  the start and when a file "stop" appears in its directory, then exits.
 """
 
 from __future__ import annotations
@@ -49,6 +52,61 @@ with open(sys.argv[2], "w") as f:
     f.write(f"ready {len(block)}\n")
 while True:
     signal.pause()
+"""
+
+# Runs of stamped pages with holes between, in private anonymous memory, of lengths
+# around a page pipe's sizes (16 to 1024 pages): a dump must keep every page of a run
+# and none of a hole, whichever pipe or chunk a run starts or ends in; and a mapping
+# stamped whole. Four idle threads add their stacks. The line printed: pages present
+# in the mappings, pages stamped, "ok" when exactly the stamped pages are present
+# (/proc/self/pagemap) and each holds its stamp, and a digest. It runs inside the
+# job, as its user and on the system's Python, where ssi's kernel_shim is not: ctypes
+# there only reads a mapping's address (mmap objects do not tell it).
+SPARSE_PAGES = r"""
+import ctypes, hashlib, mmap, os, struct, threading, time
+PAGE = mmap.PAGESIZE
+RUNS = [1, 2, 15, 16, 17, 255, 1023, 1024, 1025, 3000, 1, 7]
+HOLES = [1, 3, 1, 40, 2, 1, 500, 1, 9, 1, 2, 1]
+
+def mapping(pages, runs, holes):
+    m = mmap.mmap(-1, pages * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if holes and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        m.madvise(mmap.MADV_NOHUGEPAGE)  # a huge page would fill the holes
+    stamped, at = [], 0
+    for run, hole in zip(runs, holes):
+        for p in range(at, at + run):
+            m[p * PAGE : p * PAGE + 16] = struct.pack("<QQ", p, p ^ 0x5A5A5A5A)
+            stamped.append(p)
+        at += run + hole
+    return m, ctypes.addressof(ctypes.c_char.from_buffer(m)), pages, stamped
+
+# One with holes, one with every page stamped (a dump may skip walking its pages).
+maps = [mapping(sum(RUNS) + sum(HOLES), RUNS, HOLES), mapping(2500, [2500], [0])]
+stop = threading.Event()
+for _ in range(4):
+    threading.Thread(target=stop.wait, daemon=True).start()
+
+def state():
+    npresent, nstamped, good, h = 0, 0, True, hashlib.sha256()
+    for m, base, pages, stamped in maps:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(base // PAGE * 8)
+            entries = struct.unpack(f"<{pages}Q", f.read(pages * 8))
+        present = [p for p, e in enumerate(entries) if e >> 62 & 3]
+        stamps = b"".join(m[p * PAGE : p * PAGE + 16] for p in stamped)
+        good = good and present == stamped and all(
+            stamps[i * 16 : i * 16 + 16] == struct.pack("<QQ", p, p ^ 0x5A5A5A5A)
+            for i, p in enumerate(stamped)
+        )
+        npresent, nstamped = npresent + len(present), nstamped + len(stamped)
+        h.update(stamps)
+    return f"{npresent} {nstamped} {'ok' if good else 'bad'} {h.hexdigest()[:16]}"
+
+print(state(), flush=True)
+while not os.path.exists("stop"):
+    time.sleep(0.01)
+print(state(), flush=True)
+stop.set()
 """
 
 

@@ -83,9 +83,11 @@ def measure_ssi(
         fig = c.call("node1", m.JobMigrate(job=job, node="node2", live=live), 900)
         gap = pause_during(ticks, before)
         pages = int(fig.get("page_bytes", 0))
-        # The coordinator's clock, from its first request of the move to the
-        # target's answer: restored (cold), every page arrived (live).
-        total = fig["last_page_seconds"] if live else fig["freeze_seconds"]
+        # The coordinator's clock, from its first request of the move (the
+        # target's preparation) to the target's answer: restored (cold), every
+        # page arrived (live).
+        moved = fig["last_page_seconds"] if live else fig["freeze_seconds"]
+        total = fig["prepare_seconds"] + moved
         restore = fig["freeze_seconds"]  # the coordinator's view of the freeze
         return Result(size, gap, total, restore, int(fig["bytes"]) - pages, pages)
     finally:

@@ -5,7 +5,8 @@ bare zmq, measured in the same run, as ratios.
     tcp          socket.sendfile() per file ─▶ recv_into + write        (the floor)
     zmq plain    PAIR, chunks copy=False, HWM = window ─▶ write           (no crypto)
     zmq curve    the same with CURVE                                      (crypto cost)
-    ssi push     send_dir: CURVE + credit + sha256 both sides + fsync + rename
+    ssi push     send_dir: CURVE + credit + digest both sides + fsync + rename
+                 (digest: SHA-256 tree hash, ssi.digest, as in manifests)
     ssi push*    the same with the manifest's checksums given (no hashing on the sender)
     ssi fetch    fetch_dir from node2's BulkServer into node1
 
@@ -280,6 +281,8 @@ class Bench:
 
     def make_images(self, size_mb: int) -> Path:
         """A CRIU-like image dir: one big pages file and the usual small ones."""
+        from ssi.digest import digest_file
+
         src = self.work / f"src-{size_mb}"
         src.mkdir()
         small = {
@@ -300,7 +303,7 @@ class Bench:
                 f.write(block[: min(left, len(block))])
                 left -= len(block)
         self.known = json.dumps(
-            {p.name: _sha(p) for p in files_of(src)}, separators=(",", ":")
+            {p.name: digest_file(p) for p in files_of(src)}, separators=(",", ":")
         )
         return src
 
@@ -427,16 +430,6 @@ class Bench:
             self.cluster.wait(self.ssi_server, 10)
         self.cluster.down()
         shutil.rmtree(self.work, ignore_errors=True)
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 * MiB):
-            h.update(block)
-    return h.hexdigest()
 
 
 METHODS = ["tcp", "zmq plain", "zmq curve", "ssi push", "ssi push*", "ssi fetch"]

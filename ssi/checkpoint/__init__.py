@@ -7,17 +7,17 @@
 A job is dumped as a whole: its init is PID 1 of the job's PID/IPC/UTS namespaces.
 """
 
-from ssi.checkpoint.criu import (
+from ssi.checkpoint.criu import Criu
+from ssi.checkpoint.errors import CriuError
+from ssi.checkpoint.lazy import CriuDaemon, LazyDump
+from ssi.checkpoint.options import (
     CgroupMode,
-    Criu,
     DumpOptions,
     Features,
     NetworkLock,
     PageServer,
     RestoreOptions,
 )
-from ssi.checkpoint.errors import CriuError
-from ssi.checkpoint.lazy import CriuDaemon, LazyDump
 from ssi.checkpoint.outcome import PAGE_SIZE, DumpResult, RestoreResult, log_errors
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""CRIU through its RPC: pycriu on a socketpair to `criu swrk`, one CRIU per request.
+"""CRIU through its RPC: pycriu's messages on a socketpair to `criu swrk`, one CRIU
+per request (ssi.checkpoint.swrk: started for it, or ahead of it as a spare).
 
     Criu(binary).dump(pid, dir) ──socketpair──▶ criu swrk ──▶ images + dump.log in dir
     Criu(binary).restore(dir)   ──socketpair──▶ criu swrk ──▶ restored tree, our child
@@ -31,34 +32,36 @@ Every failure is a CriuError that names what blocked the operation, taken from t
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno as _errno
 import logging
 import os
 import select
-import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pycriu
 from pycriu import rpc_pb2 as rpc
 
 import kernel_shim
 from ssi.checkpoint.errors import CriuError
 from ssi.checkpoint.lazy import CriuDaemon, LazyDump, page_server_config
+from ssi.checkpoint.options import (
+    DumpOptions,
+    Features,
+    RestoreOptions,
+    TreeOptions,
+)
 from ssi.checkpoint.outcome import (
     SWRK_EXIT_TIMEOUT,
     DumpResult,
     RestoreResult,
     last_line,
     log_errors,
-    reap,
     stats_of,
 )
+from ssi.checkpoint.swrk import PROBE_AND_FDS, Spare, Swrk, named_fds
 
 log = logging.getLogger(__name__)
 
@@ -69,90 +72,9 @@ EARLY_IMAGES = ("inventory.img", "pstree.img")
 _REQUIRED = ("inventory.img", "pstree.img")  # a restore reads nothing without them
 
 
-class CgroupMode(enum.Enum):
-    """CRIU's --manage-cgroups modes (see criu(8)); SOFT is CRIU's default."""
-
-    IGNORE = "IGNORE"  # leave cgroups alone: the tree lands in the caller's cgroups
-    NONE = "CG_NONE"  # put tasks into the dumped cgroups, restore no properties
-    PROPS = "PROPS"  # restore properties of the dumped cgroups only
-    SOFT = "SOFT"  # restore properties of cgroups CRIU had to create
-    FULL = "FULL"  # restore all properties
-    STRICT = "STRICT"  # like FULL, and fail if a cgroup exists already
-
-
-class NetworkLock(enum.Enum):
-    """CRIU's --network-lock: how it stops a dumped namespace's traffic while its
-    TCP connections are dumped (nftables here: these machines have no iptables)."""
-
-    IPTABLES = "IPTABLES"
-    NFTABLES = "NFTABLES"
-    SKIP = "SKIP"  # the caller locks the network itself
-
-
-@dataclass(frozen=True, slots=True)
-class PageServer:
-    """Where a dump sends its pages instead of the images dir: a `criu page-server`
-    at address:port, or on `fd` (a cold move's channel, ssi.migration.channel)."""
-
-    address: str
-    port: int
-    fd: int | None = None  # an already connected socket to use instead of connecting
-
-
-@dataclass(frozen=True, slots=True)
-class DumpOptions:
-    """What a dump sets beyond its per-call arguments. Units: seconds, pages, bytes."""
-
-    file_locks: bool = True
-    ext_unix_sk: bool = False
-    shell_job: bool = False
-    manage_cgroups: CgroupMode = CgroupMode.SOFT
-    freeze_cgroup: str | None = None  # freeze through this cgroup's freezer, not ptrace
-    external: tuple[str, ...] = ()  # CRIU --external resources, e.g. "mnt[/x]:x"
-    # The cgroup hierarchies (CRIU's names, e.g. "freezer") whose place of the tree
-    # is dumped; () dumps every one (mounting each, ~15 ms with ten v1 of them).
-    cgroup_controllers: tuple[str, ...] = ()
-    tcp_established: bool = False  # dump established TCP connections (repair mode)
-    network_lock: NetworkLock | None = None  # None: CRIU's default (iptables)
-    timeout: int | None = None  # seconds CRIU may spend freezing and collecting
-    ghost_limit: int | None = None  # bytes of deleted-but-open files kept in images
-    log_level: int = 4  # 0 (errors only) … 4 (debug); 4 costs a few ms and finds bugs
-    work_dir: str | None = None  # where the log goes; default: the images dir
-    # Incremental dumps, memory tracking, lazy pages, page server.
-    parent_img: str | None = None  # relative to the images dir
-    track_mem: bool = False
-    lazy_pages: bool = False
-    page_server: PageServer | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreOptions:
-    """What a restore sets beyond its per-call arguments."""
-
-    file_locks: bool = True
-    ext_unix_sk: bool = False
-    shell_job: bool = False
-    manage_cgroups: CgroupMode = CgroupMode.SOFT
-    cgroup_root: tuple[tuple[str, str], ...] = ()  # (controller or "", new root path)
-    external: tuple[str, ...] = ()
-    inherit_fd: tuple[tuple[str, int], ...] = ()  # (resource key, our fd) CRIU reuses
-    tcp_established: bool = False  # the images hold established TCP connections
-    sibling: bool = True  # restored root becomes the caller's child (see module doc)
-    log_level: int = 4
-    work_dir: str | None = None
-    lazy_pages: bool = False  # pages come later from a lazy-pages daemon
-    leave_stopped: bool = False  # tasks left SIGSTOPped, not one instruction run
-
-
-@dataclass(frozen=True, slots=True)
-class Features:
-    mem_track: bool  # soft-dirty tracking, needed by pre-dump
-    lazy_pages: bool  # userfaultfd, needed by post-copy migration
-    pidfd_store: bool
-
-
 class Criu:
-    """One CRIU binary, driven through RPC. Each call runs its own `criu swrk` child."""
+    """One CRIU binary, driven through RPC. Each call runs its own `criu swrk` child:
+    a fresh one, or the spare started ahead (keep_spare)."""
 
     SWRK_EXIT_TIMEOUT = SWRK_EXIT_TIMEOUT
 
@@ -162,6 +84,31 @@ class Criu:
         restore lands there; a dump must run in the job's own network namespace."""
         self.binary = binary
         self.netns = netns
+        self._spare: Spare | None = None
+        self._version_answer: Any = None  # CRIU's VERSION answer, asked once
+
+    def keep_spare(self) -> bool:
+        """From now on keep a `criu swrk` started ahead, its kernel probe done, for
+        the next request (ssi.checkpoint.swrk). Only a CRIU built with
+        packaging/criu's patches can take one: False (and none) otherwise."""
+        if self._spare is None:
+            name = self._version().name
+            if name != PROBE_AND_FDS:
+                log.info(
+                    "op=criu.spare: %s cannot start ahead of its requests (no patch "
+                    "0006): each request starts its own",
+                    self.binary,
+                )
+                return False
+            self._spare = Spare(self.binary, self.netns)
+            self._spare.refill()
+        return True
+
+    def close(self) -> None:
+        """Stop the spare, if any (requests go on starting their own)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
 
     def __repr__(self) -> str:
         extra = f", netns={self.netns!r}" if self.netns else ""
@@ -171,18 +118,25 @@ class Criu:
 
     def version(self) -> str:
         """CRIU's version, e.g. "4.1.1" (with "-g<gitid>" for a git build)."""
-        req = rpc.criu_req()
-        req.type = rpc.VERSION
-        resp = self._call("version", req)
-        if not resp.success:
-            raise CriuError("version", "CRIU did not report its version")
-        v = resp.version
+        v = self._version()
         text = f"{v.major_number}.{v.minor_number}"
         if v.HasField("sublevel"):
             text += f".{v.sublevel}"
         if v.HasField("gitid") and v.gitid:
             text += f"-g{v.gitid}"
         return text
+
+    def _version(self) -> Any:
+        """CRIU's VERSION answer, asked of the binary once (keep_spare and every
+        manifest's criu_version read it)."""
+        if self._version_answer is None:
+            req = rpc.criu_req()
+            req.type = rpc.VERSION
+            resp = self._call("version", req)
+            if not resp.success:
+                raise CriuError("version", "CRIU did not report its version")
+            self._version_answer = resp.version
+        return self._version_answer
 
     def check(self, work_dir: str | None = None) -> None:
         """Raise CriuError naming what CRIU misses on this kernel; None when usable.
@@ -242,42 +196,10 @@ class Criu:
         not tcp_established) and the log's path.
         """
         o = options or DumpOptions()
-        req = rpc.criu_req()
-        req.type = rpc.DUMP
-        opts = req.opts
-        opts.pid = pid
-        opts.leave_running = leave_running
-        opts.tcp_established = tcp_established or o.tcp_established
-        opts.file_locks = o.file_locks
-        opts.ext_unix_sk = o.ext_unix_sk
-        opts.shell_job = o.shell_job
-        opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
-        opts.external.extend(o.external)
-        opts.cgroup_dump_controller.extend(o.cgroup_controllers)
-        if o.network_lock is not None:
-            opts.network_lock = rpc.criu_network_lock_method.Value(o.network_lock.value)
-        if o.freeze_cgroup:
-            opts.freeze_cgroup = o.freeze_cgroup
-        if o.timeout is not None:
-            opts.timeout = o.timeout
-        if o.ghost_limit is not None:
-            opts.ghost_limit = o.ghost_limit
-        if o.parent_img:
-            opts.parent_img = o.parent_img
-        if o.track_mem:
-            opts.track_mem = True
-        if o.lazy_pages:
-            opts.lazy_pages = True
-        if o.page_server:
-            opts.ps.address = o.page_server.address
-            opts.ps.port = o.page_server.port
-            if o.page_server.fd is not None:
-                opts.ps.fd = o.page_server.fd
-        what = f"dump of pid {pid}"
-        ps_fd = o.page_server.fd if o.page_server else None
+        req = _dump_request(pid, o, leave_running, tcp_established)
         resp, path, log_path, seconds = self._run(
-            "dump", what, req, images_dir, log_file, o.log_level, o.work_dir,
-            pass_fds=() if ps_fd is None else (ps_fd,),
+            "dump", f"dump of pid {pid}", req, images_dir, log_file, o.log_level,
+            o.work_dir,
         )  # fmt: skip
         log.info("op=criu.dump pid=%s dir=%s took %.3fs", pid, path, seconds)
         return DumpResult(
@@ -300,22 +222,16 @@ class Criu:
         It lands in CRIU's network namespace (self.netns, else the caller's). The
         caller must reap it, and should be a child subreaper
         (kernel_shim.set_child_subreaper()) so that anything of the tree that
-        outlives its root is reaped too. Its parent is the calling *thread*: a job
-        whose init has a parent-death signal (spawn's pdeathsig) gets it when that
-        thread ends, so call this from a long-lived thread, never from a pool
-        worker or a helper process that exits (tried: the job dies).
+        outlives its root is reaped too. Its parent is the *thread* that started
+        CRIU: the calling one, or the spare's (keep_spare). A job whose init has a
+        parent-death signal (spawn's pdeathsig) gets it when that thread ends, so
+        call this from a long-lived thread, never from a pool worker or a helper
+        process that exits (tried: the job dies).
         """
         o = options or RestoreOptions()
-        req = rpc.criu_req()
-        req.type = rpc.RESTORE
+        req = _tree_request(rpc.RESTORE, o, tcp_established)
         opts = req.opts
-        opts.tcp_established = tcp_established or o.tcp_established
-        opts.file_locks = o.file_locks
-        opts.ext_unix_sk = o.ext_unix_sk
-        opts.shell_job = o.shell_job
         opts.rst_sibling = o.sibling
-        opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
-        opts.external.extend(o.external)
         for ctrl, root in o.cgroup_root:
             cg = opts.cg_root.add()
             if ctrl:
@@ -325,8 +241,6 @@ class Criu:
             inh = opts.inherit_fd.add()
             inh.key = key
             inh.fd = fd
-        if o.lazy_pages:
-            opts.lazy_pages = True
         if o.leave_stopped:
             opts.leave_stopped = True
         resp, path, log_path, seconds = self._run(
@@ -337,7 +251,6 @@ class Criu:
             log_file,
             o.log_level,
             o.work_dir,
-            pass_fds=tuple(fd for _, fd in o.inherit_fd),
         )
         pid = int(resp.restore.pid)
         log.info("op=criu.restore dir=%s pid=%s took %.3fs", path, pid, seconds)
@@ -378,24 +291,8 @@ class Criu:
         stopped from CRIU's seizure on) and kills it once moved.
         """
         o = options or DumpOptions()
-        req = rpc.criu_req()
-        req.type = rpc.DUMP
+        req = _dump_request(pid, o, leave_running=True)
         opts = req.opts
-        opts.pid = pid
-        opts.leave_running = True
-        opts.file_locks = o.file_locks
-        opts.ext_unix_sk = o.ext_unix_sk
-        opts.shell_job = o.shell_job
-        opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
-        opts.external.extend(o.external)
-        opts.cgroup_dump_controller.extend(o.cgroup_controllers)
-        opts.tcp_established = o.tcp_established
-        if o.network_lock is not None:
-            opts.network_lock = rpc.criu_network_lock_method.Value(o.network_lock.value)
-        if o.freeze_cgroup:
-            opts.freeze_cgroup = o.freeze_cgroup
-        if o.timeout is not None:
-            opts.timeout = o.timeout
         opts.lazy_pages = True
         opts.ps.port = port
         opts.notify_scripts = True  # "status-ready": images whole, server listening
@@ -504,7 +401,6 @@ class Criu:
         log_file: str,
         log_level: int,
         work_dir: str | None,
-        pass_fds: tuple[int, ...] = (),
     ) -> tuple[Any, Path, Path, float]:
         if "/" in log_file:
             raise ValueError(f"log_file must be a bare file name, not {log_file!r}")
@@ -527,7 +423,7 @@ class Criu:
                 req.opts.work_dir_fd = wfd
                 log_path = Path(os.readlink(f"/proc/self/fd/{wfd}")) / log_file
             start = time.perf_counter()
-            resp = self._call(op, req, pass_fds)
+            resp = self._call(op, req)
             seconds = time.perf_counter() - start
         if not resp.success:
             if op == "restore" and resp.HasField("restore"):
@@ -543,51 +439,43 @@ class Criu:
             )
         return resp, path, log_path, seconds
 
-    def _call(self, op: str, req: Any, pass_fds: tuple[int, ...] = ()) -> Any:
-        """One request to a fresh `criu swrk` and its answer; `pass_fds` stay open
-        in CRIU under their numbers (inherit_fd).
-
-        CRIU is started with kernel_shim.spawn (no os.fork of our threaded heap; in
-        self.netns when set) on one end of a socketpair; pycriu talks on the other.
-        """
+    def _call(self, op: str, req: Any) -> Any:
+        """One request to a `criu swrk` and its answer: the spare, with the fds the
+        request names sent along (ssi.checkpoint.swrk), else a fresh one that
+        inherits them under their numbers."""
         if not os.access(self.binary, os.X_OK):
             raise CriuError(
                 op, f"CRIU binary {self.binary} is missing or not executable"
             )
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        fds = named_fds(req)
+        worker = self._spare.take() if self._spare is not None else None
         try:
-            try:
-                swrk = kernel_shim.spawn(
-                    [self.binary, "swrk", str(theirs.fileno())],
-                    netns=self.netns,
-                    stdin=null,
-                    stdout=null,
-                    stderr=null,
-                    pass_fds=(theirs.fileno(), *pass_fds),
-                    new_session=False,
-                )
-            except OSError as e:
-                raise CriuError(op, f"cannot start {self.binary} swrk: {e}") from None
+            if worker is not None:
+                try:
+                    worker.send(req, fds)
+                except OSError:  # the spare died: nothing was asked of it yet
+                    worker.close()
+                    worker = None
+            if worker is None:
+                try:
+                    worker = Swrk.start(self.binary, self.netns, fds)
+                except OSError as e:
+                    raise CriuError(
+                        op, f"cannot start {self.binary} swrk: {e}"
+                    ) from None
+                worker.send(req)
+            return worker.recv()
+        except OSError as e:
+            status = worker.close() if worker is not None else "not started"
+            worker = None
+            raise CriuError(
+                op, f"no answer from {self.binary} swrk ({status}): {e}"
+            ) from None
         finally:
-            theirs.close()
-            os.close(null)
-        try:
-            c = pycriu.criu()
-            c.use_fd(ours.fileno())
-            try:
-                # pycriu's request/response exchange; its public methods drop
-                # cr_errmsg and the restore pid of a failure.
-                return c._send_req_and_recv_resp(req)
-            except pycriu.CRIUException as e:
-                ours.close()
-                status = reap(swrk, self.SWRK_EXIT_TIMEOUT)
-                raise CriuError(
-                    op, f"no answer from {self.binary} swrk ({status}): {e}"
-                ) from None
-        finally:
-            ours.close()  # swrk exits when its socket closes
-            reap(swrk, self.SWRK_EXIT_TIMEOUT)
+            if worker is not None:
+                worker.close()  # swrk exits when its socket closes
+            if self._spare is not None:
+                self._spare.refill_later()
 
 
 class _open_dir:
@@ -634,3 +522,50 @@ def _reap_failed_root(pid: int, timeout: float = 5.0) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _tree_request(kind: Any, o: TreeOptions, tcp_established: bool = False) -> Any:
+    """A request of `kind` (rpc.DUMP, rpc.RESTORE) with what dumps and restores
+    share set from `o`."""
+    req = rpc.criu_req()
+    req.type = kind
+    opts = req.opts
+    opts.tcp_established = tcp_established or o.tcp_established
+    opts.file_locks = o.file_locks
+    opts.ext_unix_sk = o.ext_unix_sk
+    opts.shell_job = o.shell_job
+    opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(o.manage_cgroups.value)
+    opts.external.extend(o.external)
+    if o.lazy_pages:
+        opts.lazy_pages = True
+    return req
+
+
+def _dump_request(
+    pid: int, o: DumpOptions, leave_running: bool, tcp_established: bool = False
+) -> Any:
+    """A dump request of the tree rooted at `pid`, set from `o` (Criu.dump and,
+    with its page-server settings on top, Criu.dump_lazy)."""
+    req = _tree_request(rpc.DUMP, o, tcp_established)
+    opts = req.opts
+    opts.pid = pid
+    opts.leave_running = leave_running
+    opts.cgroup_dump_controller.extend(o.cgroup_controllers)
+    if o.network_lock is not None:
+        opts.network_lock = rpc.criu_network_lock_method.Value(o.network_lock.value)
+    if o.freeze_cgroup:
+        opts.freeze_cgroup = o.freeze_cgroup
+    if o.timeout is not None:
+        opts.timeout = o.timeout
+    if o.ghost_limit is not None:
+        opts.ghost_limit = o.ghost_limit
+    if o.parent_img:
+        opts.parent_img = o.parent_img
+    if o.track_mem:
+        opts.track_mem = True
+    if o.page_server:
+        opts.ps.address = o.page_server.address
+        opts.ps.port = o.page_server.port
+        if o.page_server.fd is not None:
+            opts.ps.fd = o.page_server.fd
+    return req

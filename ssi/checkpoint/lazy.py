@@ -22,16 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from pycriu import rpc_pb2 as rpc
 
-import kernel_shim
 from ssi.checkpoint.errors import CriuError
 from ssi.checkpoint.outcome import (
     SWRK_EXIT_TIMEOUT,
     DumpResult,
     last_line,
     log_errors,
-    reap,
     stats_of,
 )
+from ssi.checkpoint.swrk import Swrk
 
 if TYPE_CHECKING:
     from ssi.checkpoint.criu import Criu
@@ -103,31 +102,16 @@ class LazyDump:
             raise CriuError(
                 "dump", f"images directory {images_dir}: {e.strerror}"
             ) from None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            try:
-                self._swrk = kernel_shim.spawn(
-                    [criu.binary, "swrk", str(theirs.fileno())],
-                    netns=criu.netns,
-                    stdin=null,
-                    stdout=null,
-                    stderr=null,
-                    pass_fds=(theirs.fileno(), *self._dirs)
-                    + (() if ps_fd is None else (ps_fd,)),
-                    new_session=False,
-                )
-            except OSError as e:
-                ours.close()
-                self._close_dirs()
-                raise CriuError(
-                    "dump", f"cannot start {criu.binary} swrk: {e}"
-                ) from None
-        finally:
-            theirs.close()
-            os.close(null)
-        self._sk = ours
-        self._sk.send(req.SerializeToString())
+            self._swrk = Swrk.start(
+                criu.binary,
+                criu.netns,
+                (*self._dirs, *(() if ps_fd is None else (ps_fd,))),
+            )
+        except OSError as e:
+            self._close_dirs()
+            raise CriuError("dump", f"cannot start {criu.binary} swrk: {e}") from None
+        self._swrk.send(req)
         self._thread = threading.Thread(
             target=self._converse, name=f"criu-lazy-dump-{port}", daemon=True
         )
@@ -136,12 +120,7 @@ class LazyDump:
     def _converse(self) -> None:
         try:
             while True:
-                size = len(self._sk.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))
-                if size == 0:
-                    self._failure = "CRIU closed its RPC socket without an answer"
-                    return
-                resp = rpc.criu_resp()
-                resp.ParseFromString(self._sk.recv(size))
+                resp = self._swrk.recv()
                 if resp.type != rpc.NOTIFY:
                     self._resp = resp
                     return
@@ -151,13 +130,12 @@ class LazyDump:
                 ack = rpc.criu_req()
                 ack.type = rpc.NOTIFY
                 ack.notify_success = ok
-                self._sk.send(ack.SerializeToString())
+                self._swrk.send(ack)
         except OSError as e:
             self._failure = f"RPC with CRIU failed: {e}"
         finally:
             self.seconds = time.perf_counter() - self.started
-            self._sk.close()
-            status = reap(self._swrk, SWRK_EXIT_TIMEOUT)
+            status = self._swrk.close()
             if self._resp is None and self._failure:
                 self._failure += f" ({status})"
             self._close_dirs()
@@ -248,7 +226,7 @@ class LazyDump:
     def kill(self) -> None:
         """Last resort: SIGKILL CRIU (the tree may keep CRIU's parasite mapped)."""
         with contextlib.suppress(OSError):
-            os.kill(self._swrk, signal.SIGKILL)
+            os.kill(self._swrk.pid, signal.SIGKILL)
         self._done.wait(SWRK_EXIT_TIMEOUT)
 
 

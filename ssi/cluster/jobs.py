@@ -468,7 +468,8 @@ class JobManager:
                     return self.view(job)
                 self._waiters.setdefault(job_id, []).append(fut)
             try:
-                await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):
+                    await fut
             except TimeoutError:
                 what = f"job {ids[0]}" if len(ids) == 1 else f"none of {len(ids)} jobs"
                 raise Timeout(f"{what} ended within {timeout:g}s") from None

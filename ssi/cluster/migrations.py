@@ -252,6 +252,7 @@ class Migrations:
             "from": source.name,
             "to": target.name,
             "mode": "live" if live else "cold",
+            "prepare_seconds": t_freeze - t0,  # the target ready, the job running
             "freeze_seconds": t3 - t_freeze,
             "dump_seconds": out["dump_seconds"],
             "transfer_seconds": out["transfer_seconds"],

@@ -202,7 +202,8 @@ class HomeShard:
                 return Answer("parked")
             poll = self._polls[request] = asyncio.get_running_loop().create_future()
             try:
-                return Answer("done", await asyncio.wait_for(poll, wait))
+                async with asyncio.timeout(wait):
+                    return Answer("done", await poll)
             except TimeoutError:
                 return Answer("parked")
             finally:

@@ -192,7 +192,8 @@ class LocalAsyncTransport:
                 lambda: self.hub.cancel(slot, CancelReason.INTERRUPT)
             )
         try:
-            await asyncio.wait_for(asyncio.shield(done), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(done)
         except TimeoutError:
             self.hub.cancel(slot, CancelReason.TIMEOUT)
         except BaseException:

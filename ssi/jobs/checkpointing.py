@@ -1,6 +1,6 @@
 """Checkpoint and restore of a job: the JobRuntime's CRIU half.
 
-    checkpoint: freeze ─▶ CRIU dump (leave running) ─▶ sha256 (overlapping the dump)
+    checkpoint: freeze ─▶ CRIU dump (leave running) ─▶ digests (overlapping the dump)
                 ─▶ manifest.json ─▶ rename .<dest>.partial-XXXX to <dest>
                 ─▶ thaw, or kill while still frozen (stop: not one instruction more)
                 (a cold move's: the pages go to the target's page server instead)
@@ -72,7 +72,7 @@ def checkpoint(
             raise Conflict(f"checkpoint destination {dest} exists")
         if not dest.parent.is_dir():
             raise BadRequest(f"checkpoint destination {dest.parent} is not a directory")
-        version = rt.criu_version()
+        version = rt.criu.version()
         tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
         was_suspended = job.state is JobState.SUSPENDED
         t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def checkpoint_lazy(
             raise Conflict(f"checkpoint destination {dest} exists")
         if not dest.parent.is_dir():
             raise BadRequest(f"checkpoint destination {dest.parent} is not a directory")
-        version = rt.criu_version()
+        version = rt.criu.version()
         was_suspended = job.state is JobState.SUSPENDED
         dump: LazyDump | None = None
         cut = False
@@ -398,7 +398,7 @@ def _restore(
     rt._save(job)
     roots: tuple[tuple[str, str], ...] = ()
     if m.cgroup != rec.cgroup:
-        roots = tuple((c, rec.cgroup) for c in rt.cgroups.controllers() if c)
+        roots = tuple((c, rec.cgroup) for c in _job_controllers(rt))
     net = netjobs.prepare_restore(rt, job, ckpt)  # {}: on the node's network
     if lazy is not None:
         if lazy.daemon is None:

@@ -1,13 +1,20 @@
 """A checkpoint is a directory of CRIU images plus manifest.json, written last.
 
     <ckpt>/manifest.json   Manifest: job id and spec, node, time, CRIU version, and
-                           size + sha256 of every other file but the CRIU logs
+                           size + digest of every other file but the CRIU logs
+                           (SHA-256 tree hash: ssi.digest)
     <ckpt>/*.img, stats-dump ...   CRIU's images
     <ckpt>/dump.log        CRIU's log of the dump (not covered: informative only)
 
-verify(ckpt) checks every listed file's size then checksum and raises CorruptCheckpoint
+verify(ckpt) checks every listed file's size then digest and raises CorruptCheckpoint
 naming the first bad one, before CRIU reads anything. Files not in the manifest
 (restore.log, stats-restore written by a restore there) are ignored.
+
+Format 2: digests are the tree hash. Format 1 (an older ssi's) lists the plain
+sha256 of each file instead (ImageFile.sha256): such a checkpoint is still read,
+verified (that way, on one core) and restored, so that no checkpoint is lost to an
+upgrade; its files are left out of checksums(), as transfers check tree hashes on
+arrival, and are verified after every copy instead.
 """
 
 from __future__ import annotations
@@ -18,24 +25,32 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 
+from ssi.digest import (
+    LEAF,
+    WINDOW,
+    Span,
+    TreeHash,
+    digest_path,
+    hash_range,
+    hash_spans,
+)
 from ssi.jobs.errors import CorruptCheckpoint
-from ssi.jobs.filehash import WINDOW, hash_range, sha256_fd
 from ssi.jobs.model import JobSpec
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 1: plain sha256 digests (ImageFile.sha256), still read
 REQUIRED = ("inventory.img", "pstree.img")  # CRIU restores nothing without them
-_BIG = 4 << 20  # bytes: a file worth a thread of its own when hashed
+_BIG = 4 << 20  # bytes: a file hashed on several threads with the other big ones
 
 
 class ImageFile(msgspec.Struct, frozen=True):
     size: int  # bytes
-    sha256: str  # hex
+    digest: str = ""  # hex SHA-256 tree hash, see ssi.digest
+    sha256: str = ""  # format 1's plain sha256 instead (hex), digest then empty
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +66,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     cgroup: str  # the job's cgroup when dumped, e.g. "/ssi/17"
     cgroup_version: int
     dump_seconds: float  # CRIU's dump, freeze to images on disk
-    files: dict[str, ImageFile]  # name → size and checksum
+    files: dict[str, ImageFile]  # name → size and digest
     total_bytes: int  # sum of the files' sizes
     # Bytes of page images CRIU's page server wrote elsewhere during the dump (a
     # cold move's target: ssi.migration.channel); they arrive beside the files,
@@ -63,8 +78,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
         return self.total_bytes
 
     def checksums(self) -> dict[str, str]:
-        """name → sha256 of every covered file."""
-        return {name: f.sha256 for name, f in self.files.items()}
+        """name → digest (hex tree hash) of every covered file (a format 1
+        manifest's have none)."""
+        return {name: f.digest for name, f in self.files.items() if f.digest}
 
 
 def is_covered(name: str) -> bool:
@@ -72,40 +88,36 @@ def is_covered(name: str) -> bool:
     return name != MANIFEST and not name.endswith((".log", ".tmp"))
 
 
-def sha256_file(path: Path) -> str:
-    return _digest(path).sha256
-
-
-def _digest(path: Path) -> ImageFile:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return ImageFile(*sha256_fd(fd))
-    finally:
-        os.close(fd)
-
-
 def digest_files(
     directory: Path, names: Iterable[str], done: Mapping[str, ImageFile] | None = None
 ) -> dict[str, ImageFile]:
-    """Size and sha256 of each file. `done`: files hashed already (by a TailHasher),
-    taken as they are. Big files are hashed on two threads (hashlib lets go of the
-    GIL), so that two big pages images overlap; small ones here, where a thread
-    hand-off would cost more than their hashing."""
+    """Size and digest of each file. `done`: files hashed already (by a TailHasher),
+    taken as they are. The small files are hashed one by one, where a thread
+    hand-off would cost more than their hashing; the big ones together, their
+    leaves on two threads (ssi.digest.hash_spans)."""
     done = done or {}
     sizes = {n: (directory / n).stat().st_size for n in names if n not in done}
-
-    def one(name: str) -> tuple[str, ImageFile]:
-        return name, _digest(directory / name)
-
-    # Largest first, so the biggest file does not start last.
-    big = sorted((n for n in sizes if sizes[n] >= _BIG), key=lambda n: -sizes[n])
-    out = [one(n) for n, size in sizes.items() if size < _BIG]
-    if len(big) > 1:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssi-sha") as pool:
-            out.extend(pool.map(one, big))
-    else:
-        out.extend(map(one, big))
-    return dict(sorted([*out, *done.items()]))
+    out = {
+        n: ImageFile(*digest_path(directory / n))
+        for n, size in sizes.items()
+        if size < _BIG
+    }
+    fds: dict[str, int] = {}
+    try:
+        for name in sizes.keys() - out.keys():
+            fds[name] = os.open(directory / name, os.O_RDONLY | os.O_CLOEXEC)
+        spans = {
+            n: Span(fd, TreeHash(), 0, os.fstat(fd).st_size) for n, fd in fds.items()
+        }
+        hash_spans(list(spans.values()))
+        for name, span in spans.items():
+            if os.fstat(span.fd).st_size != span.length:
+                raise OSError(f"{name} changed while it was hashed")
+            out[name] = ImageFile(span.length, span.hash.hexdigest())
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return dict(sorted([*out.items(), *done.items()]))
 
 
 _PAGE_IMAGE = re.compile(r"^pages-\d+\.img$")
@@ -117,14 +129,14 @@ def is_page_image(name: str) -> bool:
 
 
 class _Tail:
-    """One followed file: its descriptor, its hash so far, and how far it got."""
+    """One followed file: its descriptor and its hash so far (of hash.size bytes,
+    whole leaves while CRIU writes)."""
 
-    __slots__ = ("fd", "hash", "size")
+    __slots__ = ("fd", "hash")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.hash = hashlib.sha256()
-        self.size = 0  # bytes hashed
+        self.hash = TreeHash()
 
 
 class TailHasher:
@@ -132,17 +144,18 @@ class TailHasher:
     dump instead of following it (on another core).
 
     CRIU writes each pages-N.img once, front to back, never going back: a thread
-    follows every such file to its current end, then again as it grows; finish()
-    hashes what is left once CRIU is done. The result is checked like any other by
-    verify() before every restore.
+    follows every such file, leaf by leaf (ssi.digest) up to its last whole
+    leaf written, then again as it grows; finish() hashes what is left once CRIU is
+    done, on two threads (leaves are independent). The result is checked like any
+    other by verify() before every restore.
 
-    sha256 on one core is slower than CRIU's writing: the hash of a big dump ends
+    Hashing on one core is slower than CRIU's writing: the hash of a big dump ends
     after CRIU, and whatever slows it adds to the checkpoint. So the written part is
-    hashed in place (ssi.jobs.filehash), and the directory is looked at only when
-    nothing new was found or every LOOK_EVERY seconds, not once per step.
+    hashed in place, the directory is looked at only when nothing new was found or
+    every LOOK_EVERY seconds, not once per step, and the rest is hashed on both
+    cores once CRIU no longer needs one.
     """
 
-    MIN_STEP = 1 << 20  # bytes worth a step while CRIU still writes
     IDLE = 0.001  # seconds between looks at the files when they did not grow
     LOOK_EVERY = 0.05  # seconds between looks for new page files while hashing
 
@@ -151,7 +164,7 @@ class TailHasher:
         self._files: dict[str, _Tail] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name="ssi-tail-sha", daemon=True
+            target=self._run, name="ssi-tail-hash", daemon=True
         )
         self._thread.start()
 
@@ -165,7 +178,7 @@ class TailHasher:
             grew = False
             try:
                 for tail in self._files.values():
-                    grew = self._step(tail, self.MIN_STEP) or grew
+                    grew = self._step(tail) or grew
             except OSError:  # unreadable: finish() meets it again, and says so
                 return
             if not grew:
@@ -185,29 +198,33 @@ class TailHasher:
                     continue
                 self._files[name] = _Tail(fd)
 
-    def _step(self, tail: _Tail, least: int) -> bool:
-        """Hash up to WINDOW more bytes of the file if at least `least` are there;
-        whether it did."""
-        ahead = os.fstat(tail.fd).st_size - tail.size
-        if ahead < max(least, 1):
+    def _step(self, tail: _Tail) -> bool:
+        """Hash the whole leaves written since, up to WINDOW bytes; whether any."""
+        ahead = os.fstat(tail.fd).st_size - tail.hash.size
+        whole = min(ahead, WINDOW) // LEAF * LEAF
+        if whole <= 0:
             return False
-        got = hash_range(tail.fd, tail.hash, tail.size, min(ahead, WINDOW))
-        tail.size += got
-        return got > 0
+        return hash_range(tail.fd, tail.hash, tail.hash.size, whole) > 0
 
     def finish(self) -> dict[str, ImageFile]:
-        """Stop following, hash what is left of each file; name → ImageFile."""
+        """Stop following, hash what is left of the files on two threads;
+        name → ImageFile."""
         self._stop.set()
         self._thread.join()
         self._look()  # a file written whole since the thread last looked
-        out: dict[str, ImageFile] = {}
         try:
+            spans = {
+                name: Span(
+                    t.fd, t.hash, t.hash.size, os.fstat(t.fd).st_size - t.hash.size
+                )
+                for name, t in self._files.items()
+            }
+            hash_spans(list(spans.values()))
+            out: dict[str, ImageFile] = {}
             for name, tail in self._files.items():
-                while self._step(tail, 1):
-                    pass
-                if os.fstat(tail.fd).st_size != tail.size:
+                if os.fstat(tail.fd).st_size != tail.hash.size:
                     raise OSError(f"{name} changed while it was hashed")
-                out[name] = ImageFile(tail.size, tail.hash.hexdigest())
+                out[name] = ImageFile(tail.hash.size, tail.hash.hexdigest())
         finally:
             self.close()
         return out
@@ -237,8 +254,16 @@ def write(directory: Path, manifest: Manifest, *, fsync: bool = True) -> None:
     os.rename(tmp, directory / MANIFEST)
 
 
+class _Format(msgspec.Struct):
+    """A manifest's format alone, read before the rest, whose fields it decides."""
+
+    format: int
+
+
 def read(ckpt: Path) -> Manifest:
-    """The manifest, decoded; CorruptCheckpoint if it is missing or unreadable."""
+    """The manifest, decoded; CorruptCheckpoint if it is missing, unreadable, of a
+    format newer than ours, or lacks a file's digest of its format (format 1, an
+    older ssi's, is read: module docstring)."""
     path = Path(ckpt)
     if not path.is_dir():
         raise CorruptCheckpoint(path, ".", "not a directory")
@@ -249,19 +274,26 @@ def read(ckpt: Path) -> Manifest:
     except OSError as e:
         raise CorruptCheckpoint(path, MANIFEST, e.strerror or str(e)) from None
     try:
+        version = msgspec.json.decode(raw, type=_Format).format
+        if version > FORMAT:
+            problem = f"format {version} is newer than ours ({FORMAT})"
+            raise CorruptCheckpoint(path, MANIFEST, problem)
         m = msgspec.json.decode(raw, type=Manifest)
     except msgspec.DecodeError as e:
         raise CorruptCheckpoint(path, MANIFEST, f"unreadable: {e}") from None
-    if m.format > FORMAT:
-        raise CorruptCheckpoint(path, MANIFEST, f"format {m.format} is newer than ours")
+    field = "sha256" if m.format == 1 else "digest"
+    for name, f in m.files.items():
+        if not getattr(f, field):
+            raise CorruptCheckpoint(path, name, f"no {field} in the manifest")
     return m
 
 
 def verify(ckpt: Path | str, *, digests: bool = True) -> Manifest:
     """The checkpoint's manifest once every file it lists is there, of the listed size
-    and checksum; else CorruptCheckpoint naming the file and what is wrong with it.
-    digests=False skips the checksums: only for a copy checked against this very
-    manifest as it arrived, and untouched since."""
+    and digest (hashed on two threads); else CorruptCheckpoint naming the file and
+    what is wrong with it. digests=False skips the tree digests: only for a copy
+    checked against this very manifest as it arrived, and untouched since (a format
+    1 manifest's plain sha256 are checked all the same: no arrival checked them)."""
     path = Path(ckpt)
     m = read(path)
     for req in REQUIRED:
@@ -292,10 +324,23 @@ def verify(ckpt: Path | str, *, digests: bool = True) -> Manifest:
             raise CorruptCheckpoint(
                 path, "pages-*.img", f"{got} bytes, the dump sent {m.pages_sent}"
             )
-    if not digests:
-        return m
-    found = digest_files(path, m.files)
+    tree = [n for n, f in m.files.items() if f.digest] if digests else []
+    found = digest_files(path, tree)
     for name, f in m.files.items():
-        if found[name].sha256 != f.sha256:
-            raise CorruptCheckpoint(path, name, "sha256 mismatch (corrupt)")
+        if f.digest:
+            bad = name in found and found[name].digest != f.digest
+        else:
+            bad = _plain_sha256(path / name) != f.sha256
+        if bad:
+            raise CorruptCheckpoint(path, name, "digest mismatch (corrupt)")
     return m
+
+
+def _plain_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        hash_range(fd, h, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return h.hexdigest()

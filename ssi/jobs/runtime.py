@@ -4,7 +4,7 @@
                         new session, no pdeathsig; with spec.net, into the job's own
                         netns: netjobs.py) ──▶ into the cgroup ──▶ "G" ──▶ CMD
     LocalJob.pidfd readable ──▶ reap(id) ──▶ ExitStatus (the init's status file)
-    checkpoint(id, dest) ──▶ freeze ──▶ CRIU dump ──▶ sha256 + manifest ──▶ rename
+    checkpoint(id, dest) ──▶ freeze ──▶ CRIU dump ──▶ digests + manifest ──▶ rename
     restore(id, ckpt)    ──▶ verify ──▶ CRIU restore (our child) ──▶ same cgroup, PIDs
 
 On disk, so that a new runtime (after an ssid crash) adopts what runs and learns how
@@ -116,7 +116,6 @@ class JobRuntime:
         self.status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._jobs: dict[str, LocalJob] = {}
         self._lock = threading.Lock()
-        self._criu_version: str | None = None
 
     # -- lookup ------------------------------------------------------------------------
 
@@ -535,11 +534,6 @@ class JobRuntime:
 
     # -- checkpoint and restore ------------------------------------------------------
 
-    def criu_version(self) -> str:
-        if self._criu_version is None:
-            self._criu_version = self.criu.version()
-        return self._criu_version
-
     def checkpoint(
         self,
         job_id: str,
@@ -629,8 +623,8 @@ class JobRuntime:
         before CRIU reads anything), then CRIU; the init becomes our child, in the
         job's cgroup, with the PIDs inside unchanged. Conflict if the job runs here.
         CriuError if CRIU fails (nothing of the job is left then).
-        checked: the caller has just verified the checksums (sizes are checked
-        again, not the sha256 of every byte).
+        checked: the caller has just verified the digests (sizes are checked
+        again, not the digest of every byte).
         frozen: leave it frozen (SUSPENDED) until resume() (a cold move's target
         waits so for the coordinator's record)."""
         return checkpointing.restore(

@@ -68,6 +68,27 @@ def purge(cgroups: Cgroups) -> None:
             base.rmdir()
 
 
+def job_ns_view(rt: JobRuntime, job_id: str) -> list[tuple[str, int]]:
+    """(command name, PID inside the job) of each of the job's processes, sorted; one
+    that ends while they are read (before a file of it is opened, or between the open
+    and the read) is left out."""
+    out = []
+    for pid in rt.cgroups.pids(job_id):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        nspid = status.split("NSpid:")[1].split("\n")[0].split()
+        out.append((comm, int(nspid[-1])))
+    return sorted(out)
+
+
+def job_comms(rt: JobRuntime, job_id: str) -> list[str]:
+    """The command names of the job's processes (as job_ns_view)."""
+    return [comm for comm, _ in job_ns_view(rt, job_id)]
+
+
 @contextlib.contextmanager
 def scratch_runtime(
     tmp: Path,

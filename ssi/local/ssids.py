@@ -154,7 +154,8 @@ class LocalSsiCluster:
     def start(
         self, node: str, timeout: float = 20.0, *, name: str | None = None
     ) -> int:
-        """Starts the node's ssid and waits until it answers on its local socket."""
+        """Starts the node's ssid and waits until it says it is ready (its local
+        socket answers before it has joined its cluster)."""
         cfg = self.write_config(node, name)
         with open(self.log_path(node), "ab") as logf:
             pid = self.topology.spawn(
@@ -175,7 +176,9 @@ class LocalSsiCluster:
         self.pids[node] = pid
         self._save()
         wait_for(
-            f"ssid of {node} to answer", lambda: self.call(node, m.Ping(), 1.0), timeout
+            f"ssid of {node} to be ready",
+            lambda: self.call(node, m.Ping(), 1.0).ready,
+            timeout,
         )
         return pid
 

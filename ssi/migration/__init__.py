@@ -6,7 +6,7 @@
                                                   criu lazy-pages starts at once
     LiveSource.begin ─ CRIU seizes the job, lazy     (on FIFOs: inventory, pstree)
       dump (images but pages), serves on the socket
-    send_images ──────── same socket ────────────▶ images, sha256 each
+    send_images ──────── same socket ────────────▶ images, digest each
                                                   LiveTarget.begin: digests checked
                                                     (from the control channel),
                                                     criu restore --lazy-pages: runs

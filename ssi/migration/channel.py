@@ -9,12 +9,12 @@ socket (`--ps-socket`), so that no CRIU listens at all.
       starting with the token ◀──────────────────────────────── (before the freeze)
 
   live (post-copy):                                          freeze, CRIU lazy dump
-      images written, sha256 each ◀──── send_images ────────── (ps_fd: this socket)
+      images written, digest each ◀──── send_images ────────── (ps_fd: this socket)
       criu lazy-pages --ps-socket ◀──── pages on demand ─────── CRIU page server
   cold:                                                      freeze, CRIU dump
       criu page-server --ps-socket ◀─── every page ──────────── (ps_fd: this socket)
       (exits at the dump's end)
-      images written, sha256 each ◀──── send_images ────────── the other images
+      images written, digest each ◀──── send_images ────────── the other images
   then agent.restore: digests == the manifest's (CURVE control channel, via the
       coordinator); cold: the pages' total size == what the dump sent
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import hmac
 import logging
 import os
@@ -46,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from ssi.checkpoint import CriuDaemon
-from ssi.jobs.manifest import MANIFEST, Manifest, sha256_file
+from ssi.digest import TreeHash, digest_file
+from ssi.jobs.manifest import MANIFEST, Manifest
 from ssi.proto.errors import BadRequest, Denied, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,10 @@ def send_manifest_files(
     sock: socket.socket, directory: Path, manifest: Manifest
 ) -> dict[str, str]:
     """Send the files `manifest` (that of `directory`) lists and manifest.json;
-    their sha256 (name → hex), for the target to check them against (through the
-    control channel). Unavailable if the connection fails."""
+    their digests (name → hex, ssi.digest), for the target to check them against
+    (through the control channel). Unavailable if the connection fails."""
     sums = manifest.checksums()
-    sums[MANIFEST] = sha256_file(directory / MANIFEST)
+    sums[MANIFEST] = digest_file(directory / MANIFEST)
     try:
         send_images(sock, directory, sorted(sums))
     except OSError as e:
@@ -258,7 +258,7 @@ class Incoming:
                 raise BadRequest(f"move channel: bad file name {name!r}")
             fifo = self._fifos.pop(name, None)
             target = self.dest / (name + ".part" if fifo is not None else name)
-            h = hashlib.sha256()
+            h = TreeHash()
             fd = os.open(
                 target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
@@ -280,7 +280,7 @@ class Incoming:
 
     def wait(self, expected: dict[str, str], timeout: float) -> socket.socket:
         """Once every image arrived: the socket, for CRIU (`--ps-socket`), if the
-        images are exactly `expected` (name → sha256, from the control channel);
+        images are exactly `expected` (name → digest, from the control channel);
         else Denied (and everything dropped). Timeout, or what the transfer hit."""
         if not self._done.wait(timeout):
             self.close()

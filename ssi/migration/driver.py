@@ -82,7 +82,7 @@ class LiveSource:
         return self.dump.port
 
     def send_images(self) -> dict[str, str]:
-        """Send the images and the manifest on the channel; their sha256 (name →
+        """Send the images and the manifest on the channel; their digests (name →
         hex), for the target to check them against (through the control channel).
         Unavailable if the connection fails."""
         assert self.channel is not None

@@ -104,6 +104,7 @@ class Agent:
         self.executor.dump_hooks = self.services  # told before and after every dump
         self.services.append(IpcService(self))
         self._tasks: list[asyncio.Task[None]] = []
+        self.ready = False  # start() done: Pong says so
 
     @property
     def name(self) -> str:
@@ -123,13 +124,14 @@ class Agent:
             log.info(
                 "not in a cluster yet: `ssi cluster init` or `ssi node join TOKEN`"
             )
-            return
-        if self.membership.role is Role.COORDINATOR:
-            self._start_coordinator(self.membership.cluster)
-        self._connect(self.membership)
-        self._tasks.append(
-            asyncio.get_running_loop().create_task(self._stay_in_touch())
-        )
+        else:
+            if self.membership.role is Role.COORDINATOR:
+                self._start_coordinator(self.membership.cluster)
+            self._connect(self.membership)
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self._stay_in_touch())
+            )
+        self.ready = True
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -318,7 +320,9 @@ class Agent:
         )
 
     async def on_ping(self, env: m.Envelope, peer: Any) -> m.Pong:
-        return m.Pong(node=self.name, version=ssi.__version__, time=time.time())
+        return m.Pong(
+            node=self.name, version=ssi.__version__, time=time.time(), ready=self.ready
+        )
 
     async def on_status(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         local = {

@@ -9,7 +9,7 @@ server sees it, which remembers the copies it checked as they arrived.
 A failed dump abandons the copy (the peer keeps nothing); a failed copy leaves the
 checkpoint whole here, and the caller decides what that means.
 
-A copy is checked against its manifest as it arrives (every file's sha256, computed
+A copy is checked against its manifest as it arrives (every file's digest, computed
 by the receiver). A restore right after it (a migration, a restart that fetched its
 images) then need not hash a gigabyte again, as long as the files are untouched
 since (same size, mtime and inode) and it arrived moments ago: SpoolDirs.verify. Any

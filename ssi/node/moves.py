@@ -192,12 +192,7 @@ class Moves:
         to the target's page server) and send the other images, in one worker
         trip: the job stays frozen (held) until settle. The images' digests. On
         failure the job runs on here."""
-        channel = await asyncio.to_thread(
-            connect,
-            Invitation.from_wire(invitation),
-            self.address,
-            self.CONNECT_TIMEOUT,
-        )
+        channel = await self._connect(invitation)
 
         def dump_and_send() -> tuple[Manifest, dict[str, str]]:
             manifest = self.runtime.checkpoint(

@@ -191,6 +191,9 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True):
     node: str
     version: str
     time: float  # wall clock of the answering node, seconds since the epoch
+    # False while ssid is still starting (adopting jobs, joining its cluster): its
+    # socket answers before then
+    ready: bool = True
 
 
 class Ping(Request[Pong], tag="sys.ping"):
@@ -409,7 +412,7 @@ class AgentRestore(Request[Any], tag="agent.restore"):
     spec: dict[str, Any]
     holders: list[dict[str, Any]] = []  # [{name, address, port, key}]
     cleanup: bool = False  # remove the images once restored (a migration's)
-    # A move's: the digests of the images sent on its channel (name → sha256)
+    # A move's: the digests of the images sent on its channel (name → tree hash)
     channel_sums: dict[str, str] | None = None
     live: bool = False  # a move's, post-copy: the pages follow on the channel
 

@@ -9,10 +9,11 @@ CURVE socket, never through the control channel.
                          ◀── CREDIT (receiver → sender: one per chunk written) ──
 
 Chunks of `Options.chunk_size` (1 MiB), at most `Options.window` (8) in flight: the
-memory of both sides is bounded whatever the size. Every file's sha256 is checked on
-arrival; the receiver renames the directory into place only when all files are
-verified and fsync'ed, so a failed or interrupted transfer leaves nothing that looks
-complete. protocol.py has the frames; engine.py the sender and receiver halves;
+memory of both sides is bounded whatever the size. Every file's digest (SHA-256 tree
+hash, ssi.digest, as in checkpoint manifests) is checked on arrival; the
+receiver renames the directory into place only when all files are verified and
+fsync'ed, so a failed or interrupted transfer leaves nothing that looks complete.
+protocol.py has the frames; engine.py the sender and receiver halves;
 files.py the disk side; link.py the sockets; server.py and client.py the two ends;
 stream.py sources for send_stream (pipes, FIFOs).
 """

@@ -134,9 +134,9 @@ async def send_dir(
 ) -> TransferStats:
     """Push the directory `src` (regular files, recursively) to the BulkServer at
     `endpoint`, which stores it where its policy puts `dest_name`; returns once the
-    server has verified every file's sha256 and renamed the directory into place.
+    server has verified every file's digest and renamed the directory into place.
 
-    `checksums` (relative path → sha256 hex, e.g. a checkpoint manifest's) saves
+    `checksums` (relative path → digest, e.g. a checkpoint manifest's) saves
     hashing here: the server checks the data against those digests, so a file
     damaged on this disk since the manifest was written is refused too.
 
@@ -265,8 +265,8 @@ async def fetch_dir(
 ) -> TransferStats:
     """Pull the directory the server's policy serves as `name` into `dest` (which
     must not exist; its parent is created). Files are written under a partial name
-    beside `dest`, verified (sha256) and made durable, then renamed to `dest`: on any
-    error nothing is left at `dest`. With `checksums` (relative path → sha256 hex,
+    beside `dest`, verified (digest) and made durable, then renamed to `dest`: on any
+    error nothing is left at `dest`. With `checksums` (relative path → digest, hex,
     e.g. from a checkpoint manifest) each file must also match its digest there,
     and every file named there must come.
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ssi.digest import TreeHash
 from ssi.proto.errors import BadRequest, MalformedMessage
 from ssi.transfer import files as fs
 from ssi.transfer import protocol as p
@@ -52,8 +52,8 @@ _BATCH = 16  # most DATA frames written in one trip to the worker thread
 @dataclass(frozen=True, slots=True)
 class TransferStats:
     """What a finished transfer moved: payload bytes, files, wall-clock seconds
-    (connection and handshake included); for a receiver, the sha256 of each file
-    as it arrived (relative path → hex)."""
+    (connection and handshake included); for a receiver, the digest of each file
+    as it arrived (relative path → hex tree hash, ssi.digest)."""
 
     bytes: int
     files: int
@@ -79,7 +79,7 @@ class Chunk:
     offset: int
     data: Buffer
     last: bool = False
-    sha: str | None = None
+    digest: str | None = None  # of the whole file, on its last chunk
     mode: int | None = None
     buf: bytearray | None = None  # a pool buffer under `data`, reusable once acked
 
@@ -134,7 +134,7 @@ async def send_chunks(
             while (msg := link.poll()) is not None:
                 credit += take(msg)
             await link.send(
-                p.Data(chunk.rel, chunk.offset, chunk.last, chunk.sha, chunk.mode),
+                p.Data(chunk.rel, chunk.offset, chunk.last, chunk.digest, chunk.mode),
                 chunk.data,
             )
             inflight.append(chunk.buf)
@@ -217,7 +217,7 @@ async def receive_chunks(
 
 def _write_batch(staging: fs.Staging, batch: list[tuple[p.Data, memoryview]]) -> None:
     for d, data in batch:
-        staging.write(d.p, d.o, data, last=d.last, sha=d.sha, mode=d.mode)
+        staging.write(d.p, d.o, data, last=d.last, digest=d.digest, mode=d.mode)
 
 
 async def dir_chunks(
@@ -228,16 +228,16 @@ async def dir_chunks(
 ) -> AsyncIterator[Chunk]:
     """The chunks (of `pool.size` bytes) of `files`, read and hashed in a worker
     thread while the previous chunk is on its way. A file is read up to its end,
-    whatever its listed size. For files in `known` (relative path → sha256 hex) that
-    digest is sent instead of one computed here."""
+    whatever its listed size. For files in `known` (relative path → digest, hex)
+    that digest is sent instead of one computed here."""
     size = pool.size
     for f in files:
-        sha = known.get(f.rel) if known is not None else None
+        digest = known.get(f.rel) if known is not None else None
         buf = pool.get()
         # open + first read in one trip to the worker: most image files are small
         reader: fs.FileReader
         data: memoryview
-        reader, data = await run_io(fs.FileReader.first, f.path, sha, buf)
+        reader, data = await run_io(fs.FileReader.first, f.path, digest, buf)
         pending: asyncio.Future[memoryview] | None = None
         try:
             offset = 0
@@ -277,7 +277,7 @@ async def stream_chunks(
     interleaved; pieces larger than `chunk_size` are split. The data must not change
     once yielded (it is sent without a copy). BadRequest for a bad path, data after
     a file's last piece, or files still open when the stream ends."""
-    state: dict[str, tuple[Any, int]] = {}
+    state: dict[str, tuple[TreeHash, int]] = {}
     closed: set[str] = set()
     async for rel, data, last in items:
         try:
@@ -286,7 +286,7 @@ async def stream_chunks(
             raise BadRequest(str(e)) from None
         if rel in closed:
             raise BadRequest(f"stream: data for {rel} after its last piece")
-        hasher, offset = state.get(rel) or (hashlib.sha256(), 0)
+        hasher, offset = state.get(rel) or (TreeHash(), 0)
         view = memoryview(data).cast("B")
         if not len(view) and not last:
             continue

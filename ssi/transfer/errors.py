@@ -32,7 +32,7 @@ class TransferError(SsiError):
 
 
 class ChecksumMismatch(TransferError):
-    """A file's sha256 on arrival differs from the sender's; details: file, expected,
+    """A file's digest on arrival differs from the sender's; details: file, expected,
     actual."""
 
     code: ClassVar[str] = "checksum_mismatch"

@@ -1,11 +1,13 @@
 """The disk side of transfers: listing and reading a source directory, and the
 staging directory a receiver writes into and commits atomically.
 
-    sender:   list_files(src) ─▶ FileReader.read() (read + sha256, in a worker thread)
+    sender:   list_files(src) ─▶ FileReader.read() (read + digest, in a worker thread)
     receiver: Staging(final) ─▶ .<final>.partial-<random>/ ─▶ write() per chunk
-              ─▶ file's last chunk: sha256 check, fchmod, fsync, close
+              ─▶ file's last chunk: digest check, fchmod, fsync, close
               ─▶ commit(): fsync dirs, rename(partial, final), fsync parent
               ─▶ or abort(): remove the partial dir
+
+Digests: the SHA-256 tree hash of ssi.digest, as in checkpoint manifests.
 
 Nothing under a name without the ".partial-" mark is ever incomplete: a receiver that
 dies leaves only a partial dir, which `sweep_partials` removes later.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import secrets
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssi.digest import TreeHash
 from ssi.proto.errors import BadRequest, Conflict, MalformedMessage
 from ssi.transfer.errors import ChecksumMismatch, NoSpace, TransferError
 
@@ -126,24 +128,24 @@ class BufferPool:
 
 
 class FileReader:
-    """Sequential reads of one source file, with its running sha256 unless the
-    caller already knows it (`known_sha`, e.g. from a checkpoint manifest: then the
-    receiver checks the data against that, end to end)."""
+    """Sequential reads of one source file, with its running digest unless the
+    caller already knows it (`known_digest`, e.g. from a checkpoint manifest: then
+    the receiver checks the data against that, end to end)."""
 
-    def __init__(self, path: Path, known_sha: str | None = None) -> None:
+    def __init__(self, path: Path, known_digest: str | None = None) -> None:
         self.path = path
-        self.known_sha = known_sha
+        self.known_digest = known_digest
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         with contextlib.suppress(OSError):
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        self.hasher = hashlib.sha256() if known_sha is None else None
+        self.hasher = TreeHash() if known_digest is None else None
 
     @classmethod
     def first(
-        cls, path: Path, known_sha: str | None, buf: bytearray
+        cls, path: Path, known_digest: str | None, buf: bytearray
     ) -> tuple[FileReader, memoryview]:
         """Open `path` and read its first chunk into `buf`."""
-        reader = cls(path, known_sha)
+        reader = cls(path, known_digest)
         try:
             return reader, reader.read(buf)
         except BaseException:
@@ -155,9 +157,9 @@ class FileReader:
 
     def digest(self) -> str:
         if self.hasher is None:
-            assert self.known_sha is not None
-            return self.known_sha
-        return str(self.hasher.hexdigest())
+            assert self.known_digest is not None
+            return self.known_digest
+        return self.hasher.hexdigest()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -169,7 +171,7 @@ class FileReader:
 class _Open:
     fd: int
     written: int = 0
-    hasher: Any = field(default_factory=hashlib.sha256)
+    hasher: TreeHash = field(default_factory=TreeHash)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -190,7 +192,7 @@ class Staging:
     renamed to `final` by `commit()` once every file is complete and verified.
 
     Conflict when `final` already exists; NoSpace when the file system is full (or,
-    given `expected_bytes`, would be); ChecksumMismatch when a file's sha256 differs
+    given `expected_bytes`, would be); ChecksumMismatch when a file's digest differs
     from the sender's; MalformedMessage on out-of-order data. After any error the
     caller calls `abort()`.
     """
@@ -222,7 +224,7 @@ class Staging:
         self.tmp = final.parent / f".{final.name}{PARTIAL_MARK}{secrets.token_hex(4)}"
         self.tmp.mkdir(mode=0o700)
         self._open: dict[str, _Open] = {}
-        self.digests: dict[str, str] = {}  # sha256 of each file arrived whole
+        self.digests: dict[str, str] = {}  # digest of each file arrived whole
         self._dirs: set[Path] = {self.tmp}
         self.bytes = 0
         self.files = 0
@@ -235,13 +237,13 @@ class Staging:
         data: Buffer,
         *,
         last: bool,
-        sha: str | None,
+        digest: str | None,
         mode: int | None,
     ) -> None:
         """Write one chunk of `rel` (which must be in order); on the last chunk,
-        check the sha256 and make the file durable."""
+        check the digest and make the file durable."""
         try:
-            self._write(rel, offset, data, last=last, sha=sha, mode=mode)
+            self._write(rel, offset, data, last=last, digest=digest, mode=mode)
         except OSError as e:
             raise self._os_error(e, rel) from None
 
@@ -252,7 +254,7 @@ class Staging:
         data: Buffer,
         *,
         last: bool,
-        sha: str | None,
+        digest: str | None,
         mode: int | None,
     ) -> None:
         f = self._open.get(rel)
@@ -289,15 +291,15 @@ class Staging:
         if not last:
             return
         actual = f.hasher.hexdigest()
-        if sha != actual:
+        if digest != actual:
             raise ChecksumMismatch(
-                f"{rel}: sha256 {actual} on arrival, sender said {sha}",
-                details={"file": rel, "expected": sha, "actual": actual},
+                f"{rel}: digest {actual} on arrival, sender said {digest}",
+                details={"file": rel, "expected": digest, "actual": actual},
             )
         want = self.checksums.get(rel)
         if want is not None and want != actual:
             raise ChecksumMismatch(
-                f"{rel}: sha256 {actual}, expected {want} (damaged at the source)",
+                f"{rel}: digest {actual}, expected {want} (damaged at the source)",
                 details={"file": rel, "expected": want, "actual": actual},
             )
         os.fchmod(f.fd, (mode if mode is not None else 0o600) & 0o777)

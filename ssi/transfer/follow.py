@@ -34,8 +34,9 @@ LOOK_EVERY = 0.05  # seconds between looks for new files while data flows
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """What the writer says when done: where the directory is now, and the sha256
-    (relative path → hex) of at least every file that was followed."""
+    """What the writer says when done: where the directory is now, and the digest
+    (relative path → hex tree hash, ssi.digest) of at least every file that
+    was followed."""
 
     path: Path
     checksums: Mapping[str, str] = field(default_factory=dict)
@@ -99,15 +100,15 @@ async def follow_chunks(
                 await asyncio.wait([done], timeout=POLL)
         finished = done.result()
         for rel, f in followed.items():
-            sha = finished.checksums.get(rel)
-            if sha is None:
+            digest = finished.checksums.get(rel)
+            if digest is None:
                 raise BadRequest(f"no checksum for {rel}, a file sent while written")
             while True:
                 buf = pool.get()
                 data = await run_io(fs.read_chunk, f.fd, buf, None)
                 if len(data) < pool.size:
                     mode = stat.S_IMODE(os.fstat(f.fd).st_mode)
-                    yield Chunk(rel, f.offset, data, True, sha, mode, buf)
+                    yield Chunk(rel, f.offset, data, True, digest, mode, buf)
                     break
                 yield Chunk(rel, f.offset, data, buf=buf)
                 f.offset += len(data)

@@ -149,7 +149,10 @@ class Link:
                 continue
             wait = min(self.options.probe_interval, limit - silent)
             try:
-                item = await asyncio.wait_for(self.inbox.get(), wait)
+                # Not wait_for: on 3.11 it loses a cancel that comes as the
+                # get completes (and here messages keep completing it).
+                async with asyncio.timeout(wait):
+                    item = await self.inbox.get()
             except TimeoutError:
                 await self.probe()
                 continue
@@ -209,7 +212,8 @@ class Link:
         with contextlib.suppress(Exception):
             fut = self._send(p.encode(err))
             if not fut.done():
-                await asyncio.wait_for(fut, 1.0)
+                async with asyncio.timeout(1.0):
+                    await fut
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
@@ -268,9 +272,8 @@ class ClientLink(Link):
         except zmq.ZMQError as e:
             raise ValueError(f"bad endpoint {self.endpoint!r}: {e}") from None
         try:
-            await asyncio.wait_for(
-                asyncio.shield(handshake), self.options.connect_timeout
-            )
+            async with asyncio.timeout(self.options.connect_timeout):
+                await asyncio.shield(handshake)
         except TimeoutError:
             raise Unavailable(
                 f"cannot reach the bulk server {self.peer} within "

@@ -9,7 +9,7 @@ Push (client sends a directory; the server decides where it lands):
     client (sender)                                server (receiver)
     PUT {v, name, stream, files?, bytes?, chunk} ─▶  policy.incoming(name, key)
                                                ◀─  ACCEPT {window, chunk}  | ERR
-    DATA {p, o, last, sha?, mode?} + payload   ─▶  (at most `window` unacknowledged)
+    DATA {p, o, last, digest?, mode?} + payload ─▶  (at most `window` unacknowledged)
                                                ◀─  CREDIT {n, acked}   one per chunk
     ...                                              written (+ fsync on last)
     END {files, bytes}                         ─▶  verify counts, rename into place
@@ -28,9 +28,10 @@ Either side may send ERR {code, message, details} at any time: the transfer is o
 and the receiver removes its partial data. PING (empty header) is the server's
 liveness probe after `probe_interval` of silence; the client answers with PING.
 A file's DATA frames come in order of offset (`o`, starting at 0); its last frame
-(`last`, possibly with an empty payload) carries the sha256 of the whole file (`sha`,
-hex) and its permission bits (`mode`). Files may interleave (streaming); a path is
-never reopened once its last frame was sent.
+(`last`, possibly with an empty payload) carries the digest of the whole file
+(`digest`, hex SHA-256 tree hash: ssi.digest) and its permission bits
+(`mode`). Files may interleave (streaming); a path is never reopened once its last
+frame was sent.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ __all__ = [
     "check_name",
 ]
 
-VERSION = 1
+VERSION = 2  # 1: plain sha256 digests
 
 MiB = 1024 * 1024
 MAX_CHUNK = 16 * MiB
@@ -136,7 +137,7 @@ class Data(msgspec.Struct, frozen=True, tag="DATA"):
     p: str
     o: int
     last: bool = False
-    sha: str | None = None
+    digest: str | None = None
     mode: int | None = None
 
 

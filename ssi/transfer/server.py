@@ -77,7 +77,7 @@ class BulkPolicy:
         raise NotFound(f"nothing to fetch here ({name})")
 
     def known_checksums(self, name: str, path: Path) -> Mapping[str, str] | None:
-        """Digests (relative path → sha256 hex) the files served as `name` from
+        """Digests (relative path → hex tree hash) the files served as `name` from
         `path` must have, e.g. from a manifest kept with them: sent instead of
         digests computed while reading, so the fetcher checks the data against
         them, end to end. Called in a worker thread. The default knows none."""

@@ -55,6 +55,7 @@ def test_cold_migration_keeps_counting_without_gap_or_repeat(
     moved = cluster.call("node2", m.JobMigrate(job=job_id, node="node3"), timeout=120)
     assert (moved["from"], moved["to"], moved["mode"]) == ("node1", "node3", "cold")
     for k in (
+        "prepare_seconds",
         "freeze_seconds",
         "dump_seconds",
         "transfer_seconds",

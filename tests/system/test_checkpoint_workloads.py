@@ -8,8 +8,9 @@ state intact.
 Workloads: a Python loop with in-memory state; seq | gzip (a pipe between two
 processes, and the file they write); a multithreaded program; SysV message queue and
 semaphore in the job's IPC namespace; a file appended to; a 200 MB numpy array; a
-double-forking daemon. A test ends its job through a trigger file it creates in the
-job's directory, so nothing waits on a bare sleep.
+double-forking daemon; runs of pages with holes between (SPARSE_PAGES). A test ends
+its job through a trigger file it creates in the job's directory, so nothing waits on
+a bare sleep.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from pathlib import Path
 import pytest
 
 import kernel_shim
+from benchmarks._workloads import SPARSE_PAGES
 from ssi.checkpoint import Criu
 from ssi.jobs import JobRuntime, JobSpec, JobState, Manifest
 from ssi.jobs.testing import (
     NOBODY,
     criu,
+    job_comms,
+    job_ns_view,
     other_users_blocker,
     scratch_runtime,
     user_dir,
@@ -98,13 +102,13 @@ def wait_lines(path: Path, n: int, timeout: float = 20.0) -> list[str]:
 
 def stop_and_restore(rt: JobRuntime, job_id: str, dest: Path) -> Manifest:
     """Checkpoint and stop the job, check the original is gone, restore it."""
-    before = _ns_view(rt, job_id)
+    before = job_ns_view(rt, job_id)
     m = rt.checkpoint(job_id, dest, leave_running=False)
     assert rt.wait(job_id, 10).checkpointed
     assert rt.cgroups.pids(job_id) == []  # the original is gone, every process of it
     job = rt.restore(job_id, dest)
     assert job.running and job.state is JobState.RUNNING
-    assert _ns_view(rt, job_id) == before  # same processes, same PIDs inside
+    assert job_ns_view(rt, job_id) == before  # same processes, same PIDs inside
     return m
 
 
@@ -166,7 +170,7 @@ def test_pipeline_seq_into_gzip(rt: JobRuntime, work: Path, tmp_path: Path) -> N
     start(rt, "gz", work, "sh", "-c", f"seq 1 {SEQ_N} | gzip > numbers.gz")
     gz = work / "numbers.gz"
     wait_for(lambda: gz.exists() and gz.stat().st_size > 256 << 10, "gzip to write")
-    assert sorted(_comms(rt, "gz")) == ["gzip", "seq", "sh", "ssi-init"]
+    assert sorted(job_comms(rt, "gz")) == ["gzip", "seq", "sh", "ssi-init"]
     stop_and_restore(rt, "gz", tmp_path / "ck")
     size = gz.stat().st_size
     wait_for(lambda: gz.stat().st_size > size, "the output to grow after the restore")
@@ -336,6 +340,19 @@ def test_numpy_array_of_200_mb(rt: JobRuntime, work: Path, tmp_path: Path) -> No
     assert lines(out) == [first, first]  # the array's checksum survived
 
 
+def test_sparse_memory_comes_back_page_for_page(
+    rt: JobRuntime, work: Path, tmp_path: Path
+) -> None:
+    start(rt, "sp", work, *python(work, "-c", SPARSE_PAGES))
+    out = work / "ssi-sp.out"
+    (first,) = wait_lines(out, 1)
+    present, stamped, verdict, _ = first.split()
+    assert verdict == "ok" and present == stamped
+    stop_and_restore(rt, "sp", tmp_path / "ck")
+    finish(rt, "sp", work)
+    assert lines(out) == [first, first]  # every stamped page back, no hole filled
+
+
 DAEMON = textwrap.dedent(
     """
     import os, sys, time
@@ -373,27 +390,6 @@ def test_daemonizing_job(rt: JobRuntime, work: Path, tmp_path: Path) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def _comms(rt: JobRuntime, job_id: str) -> list[str]:
-    names = []
-    for pid in rt.cgroups.pids(job_id):
-        try:
-            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
-        except FileNotFoundError:
-            continue
-    return names
-
-
-def _ns_view(rt: JobRuntime, job_id: str) -> list[tuple[str, int]]:
-    """(command name, PID inside the job) of every process of the job."""
-    out = []
-    for pid in rt.cgroups.pids(job_id):
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        status = Path(f"/proc/{pid}/status").read_text()
-        nspid = status.split("NSpid:")[1].split("\n")[0].split()
-        out.append((comm, int(nspid[-1])))
-    return sorted(out)
 
 
 def _sha256_of(shell: str) -> str:

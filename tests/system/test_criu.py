@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,15 +38,6 @@ from ssi.proto.errors import SsiError  # noqa: E402
 def criu() -> Criu:
     kernel_shim.set_child_subreaper()  # restored trees' orphans come to us
     return Criu(config.resolve_criu(config.load()))
-
-
-@pytest.fixture
-def jobs() -> Iterator[list[Job]]:
-    """Jobs to kill and reap at teardown; tests append what they start or restore."""
-    started: list[Job] = []
-    yield started
-    for job in reversed(started):
-        job.kill()
 
 
 def ns_pid_of_job_root(job: Job) -> int:

@@ -28,6 +28,7 @@ import pytest
 
 import kernel_shim
 from ssi.checkpoint import Criu, CriuError
+from ssi.digest import digest_file
 from ssi.jobs import (
     CheckpointFailed,
     CorruptCheckpoint,
@@ -41,6 +42,8 @@ from ssi.jobs.cgroups import CgroupV2, Mount, mounts, proc_cgroup
 from ssi.jobs.testing import (
     NOBODY,
     criu,
+    job_comms,
+    job_ns_view,
     leftovers,
     other_users_blocker,
     purge,
@@ -277,7 +280,7 @@ def test_signals(rt: JobRuntime, work: Path) -> None:
 
 def test_sigkill_kills_daemons_too_and_reports_it(rt: JobRuntime, work: Path) -> None:
     rt.start("c2", spec(work, "sh", "-c", "(sleep 60 &); (sleep 60 &); sleep 60"))
-    wait_for(lambda: _comms(rt, "c2").count("sleep") == 3, "main and two daemons")
+    wait_for(lambda: job_comms(rt, "c2").count("sleep") == 3, "main and two daemons")
     rt.signal("c2", signal.SIGKILL)
     st = rt.wait("c2", 10)
     assert st.signaled == signal.SIGKILL and st.source == "init"
@@ -288,10 +291,12 @@ def test_other_signals_go_to_the_main_then_to_every_process(
     rt: JobRuntime, work: Path
 ) -> None:
     rt.start("c3", spec(work, "sh", "-c", "(sleep 60 &); sleep 60"))
-    wait_for(lambda: _comms(rt, "c3").count("sleep") == 2, "main's sleep and a daemon")
+    wait_for(
+        lambda: job_comms(rt, "c3").count("sleep") == 2, "main's sleep and a daemon"
+    )
     rt.signal("c3", signal.SIGALRM)  # not forwarded by the init: straight to the main
-    wait_for(lambda: "sh" not in _comms(rt, "c3"), "the main (sh) to die")
-    assert _comms(rt, "c3").count("sleep") == 2 and rt.exit_status("c3") is None
+    wait_for(lambda: "sh" not in job_comms(rt, "c3"), "the main (sh) to die")
+    assert job_comms(rt, "c3").count("sleep") == 2 and rt.exit_status("c3") is None
     rt.signal("c3", signal.SIGALRM)  # no main any more: every process
     st = rt.wait("c3", 10)
     assert st.signaled == signal.SIGALRM  # the main's end
@@ -299,7 +304,7 @@ def test_other_signals_go_to_the_main_then_to_every_process(
 
 def test_every_process_flag(rt: JobRuntime, work: Path) -> None:
     rt.start("c9", spec(work, "sh", "-c", "sleep 60 & sleep 60 & wait"))
-    wait_for(lambda: _comms(rt, "c9").count("sleep") == 2, "two sleeps")
+    wait_for(lambda: job_comms(rt, "c9").count("sleep") == 2, "two sleeps")
     rt.signal("c9", signal.SIGTERM, every_process=True)
     assert rt.wait("c9", 10).signaled == signal.SIGTERM
 
@@ -447,7 +452,7 @@ def test_checkpoint_leave_running_writes_a_manifest(
     assert "dump.log" not in m.files and "manifest.json" not in m.files
     assert m.total_bytes == sum(f.size for f in m.files.values()) > 0
     for name, f in m.files.items():
-        assert mf.sha256_file(dest / name) == f.sha256
+        assert digest_file(dest / name) == f.digest
     on_disk = json.loads((dest / "manifest.json").read_text())
     assert on_disk["job_id"] == "e1" and on_disk["total_bytes"] == m.total_bytes
     assert verify(dest) == m
@@ -464,7 +469,7 @@ def test_checkpoint_stop_then_restore_keeps_pids_and_cgroup(
     rt.start("e2", spec(work, "sh", "-c", f"exec {PY} -c '{COUNTER}' | cat"))
     out = work / "ssi-e2.out"
     wait_lines(out, 5)
-    before = _ns_pids(rt, "e2")
+    before = job_ns_view(rt, "e2")
     m = rt.checkpoint("e2", tmp_path / "ck", leave_running=False)
     assert not m.leave_running
     with pytest.raises(Conflict, match="reap"):
@@ -477,7 +482,7 @@ def test_checkpoint_stop_then_restore_keeps_pids_and_cgroup(
     job = rt.restore("e2", tmp_path / "ck")
     assert job.running and job.record.restores == 1
     assert _parent(job.init_pid) == os.getpid()  # our child, reaped by us
-    assert _ns_pids(rt, "e2") == before
+    assert job_ns_view(rt, "e2") == before
     assert proc_cgroup(job.init_pid)["freezer"] == rt.cgroups.path("e2")
     wait_lines(out, n + 5)
     got = counts(out)
@@ -567,7 +572,11 @@ def test_checkpoint_of_a_users_job_keeps_its_user(
     rt.wait("e9", 10)
     job = rt.restore("e9", tmp_path / "ck")
     for pid in rt.cgroups.pids("e9"):
-        uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # one of the loop's `sleep`s, ended since the listing
+        uids = status.split("Uid:")[1].split()[:4]
         want = "0" if pid == job.init_pid else str(NOBODY)  # the init stays root
         assert uids == [want] * 4, pid
     wait_lines(out, len(lines(out)) + 3)
@@ -769,16 +778,6 @@ def test_v2_driver_on_a_real_unified_hierarchy(
 # --- helpers --------------------------------------------------------------------------
 
 
-def _comms(rt: JobRuntime, job_id: str) -> list[str]:
-    names = []
-    for pid in rt.cgroups.pids(job_id):
-        try:
-            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
-        except FileNotFoundError:
-            continue
-    return names
-
-
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
@@ -794,15 +793,3 @@ def _job_procs(init_pid: int) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def _ns_pids(rt: JobRuntime, job_id: str) -> list[tuple[str, int]]:
-    """(command name, PID inside the job) of every process of the job."""
-    out = []
-    for pid in rt.cgroups.pids(job_id):
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        nspid = (
-            Path(f"/proc/{pid}/status").read_text().split("NSpid:")[1].split("\n")[0]
-        )
-        out.append((comm, int(nspid.split()[-1])))
-    return sorted(out)

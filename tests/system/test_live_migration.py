@@ -18,10 +18,17 @@ from benchmarks._migration_nodes import (
     start_counter_job,
     two_nodes,
 )
-from benchmarks._workloads import counter_problems, read_ticks, wait_ticks
+from benchmarks._workloads import (
+    SPARSE_PAGES,
+    counter_problems,
+    python_job,
+    read_ticks,
+    wait_for,
+    wait_ticks,
+)
 from ssi.checkpoint import CriuError
 from ssi.jobs.errors import CorruptCheckpoint
-from ssi.jobs.model import JobState
+from ssi.jobs.model import JobSpec, JobState
 
 
 @pytest.fixture
@@ -48,6 +55,28 @@ def test_counter_moves_live_without_gap_or_repeat(
     assert counter_problems(after) == []
     assert {t.pid for t in after} == {before[0].pid}
     b.rt.forget(job_id, kill=True)
+    a.rt.forget(job_id)
+
+
+def test_sparse_memory_arrives_page_for_page(nodes: tuple[Side, Side, Path]) -> None:
+    a, b, work = nodes
+    job_id = f"sparse-{secrets.token_hex(2)}"
+    out = work / f"{job_id}.out"
+    spec = JobSpec(argv=python_job(SPARSE_PAGES), cwd=str(work), stdout=str(out))
+    a.thread.run(a.rt.start, job_id, spec)
+    first = wait_for(
+        lambda: out.exists() and (t := out.read_text()).endswith("\n") and t,
+        30,
+        "its first line",
+    )
+    assert first.split()[2] == "ok"
+    live_migrate(a, b, job_id, work)
+    (work / "stop").touch()
+    status = b.rt.wait(job_id, 30)
+    assert status.exited == 0, status.describe()
+    # Every stamped page arrived, and no hole became a page.
+    assert out.read_text().splitlines() == [first.strip()] * 2
+    b.rt.forget(job_id)
     a.rt.forget(job_id)
 
 

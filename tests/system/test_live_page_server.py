@@ -5,7 +5,6 @@ the address it was given only (CRIU's RPC alone would bind every address)."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import socket
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 
 from benchmarks._migration_nodes import MEMORY_COUNTER, NodeThread, two_nodes
 from benchmarks._workloads import python_job, start_job, wait_ticks
+from ssi.digest import digest_file
 from ssi.local import LocalCluster
 from ssi.local.testing import make_cluster
 from ssi.migration.channel import Incoming, connect, send_images
@@ -40,9 +40,7 @@ def test_a_third_node_with_the_token_is_turned_away(
     images = tmp_path / "images"
     images.mkdir()
     (images / "pstree.img").write_bytes(secrets.token_bytes(1000))
-    digests = {
-        "pstree.img": hashlib.sha256((images / "pstree.img").read_bytes()).hexdigest()
-    }
+    digests = {"pstree.img": digest_file(images / "pstree.img")}
     inc = t_dst.run(Incoming, dst.address, src.address, tmp_path / "in", 10.0)
     try:
         intruder = t_other.run(connect, inc.invitation, other.address, 5.0)

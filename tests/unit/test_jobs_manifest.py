@@ -6,17 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from ssi.digest import LEAF, TreeHash
 from ssi.jobs import CorruptCheckpoint, JobSpec, Manifest, verify
 from ssi.jobs import manifest as mf
 
 FILES = {
     "inventory.img": b"inv" * 10,
     "pstree.img": b"tree",
-    "pages-1.img": os.urandom(3 << 20),
+    "pages-1.img": os.urandom(3 * LEAF + 5),
+    "pages-2.img": os.urandom(9 * LEAF),  # big: hashed on two threads
     "core-1.img": b"core",
     "stats-dump": b"stats",
 }
@@ -54,10 +57,11 @@ def test_round_trip(tmp_path: Path) -> None:
     ckpt, m = make(tmp_path)
     assert set(m.files) == set(FILES)  # the log and the manifest are not covered
     for name, data in FILES.items():
-        assert m.files[name].sha256 == hashlib.sha256(data).hexdigest()
+        assert m.files[name].digest == TreeHash(data).hexdigest()
         assert m.files[name].size == len(data)
     assert m.size == m.total_bytes == sum(len(d) for d in FILES.values())
-    assert m.checksums()["pstree.img"] == hashlib.sha256(b"tree").hexdigest()
+    assert m.checksums()["pstree.img"] == TreeHash(b"tree").hexdigest()
+    assert json.loads((ckpt / "manifest.json").read_text())["format"] == 2
     assert verify(ckpt) == m == mf.read(ckpt)
     data = json.loads((ckpt / "manifest.json").read_text())
     assert data["job_id"] == "17" and data["spec"]["argv"] == ["sleep", "1"]
@@ -71,9 +75,10 @@ def test_files_not_in_the_manifest_are_ignored(tmp_path: Path) -> None:
     assert verify(ckpt) == m
 
 
-def flip(path: Path) -> None:
+def flip(path: Path, at: int | None = None) -> None:
+    """Change one bit of one byte (in the middle unless `at`), size unchanged."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    data[len(data) // 2 if at is None else at] ^= 0x01
     path.write_bytes(bytes(data))
 
 
@@ -82,7 +87,13 @@ def flip(path: Path) -> None:
     [
         (lambda c: (c / "pages-1.img").unlink(), "pages-1.img", "missing"),
         (lambda c: os.truncate(c / "pages-1.img", 100), "pages-1.img", "truncated"),
-        (lambda c: flip(c / "core-1.img"), "core-1.img", "sha256 mismatch"),
+        (lambda c: flip(c / "core-1.img"), "core-1.img", "digest mismatch"),
+        (lambda c: flip(c / "pages-1.img"), "pages-1.img", "digest mismatch"),
+        (
+            lambda c: flip(c / "pages-2.img", 4 * LEAF + 12345),  # a middle leaf
+            "pages-2.img",
+            "digest mismatch",
+        ),
         (lambda c: (c / "manifest.json").unlink(), "manifest.json", "missing"),
         (
             lambda c: (c / "manifest.json").write_text("{"),
@@ -163,33 +174,88 @@ def test_not_a_directory(tmp_path: Path) -> None:
         verify(tmp_path / "nothing")
 
 
+def format_1(ckpt: Path) -> None:
+    """Rewrite the manifest as an older ssi wrote it: plain sha256 digests."""
+    data = json.loads((ckpt / "manifest.json").read_text())
+    data["format"] = 1
+    for name, f in data["files"].items():
+        f["sha256"] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+        del f["digest"]
+    (ckpt / "manifest.json").write_text(json.dumps(data))
+
+
+def test_format_1_still_verifies(tmp_path: Path) -> None:
+    """An upgrade loses no checkpoint: an older ssi's manifest (plain sha256) is
+    checked the old way; transfers get no tree digests for its files."""
+    ckpt, _ = make(tmp_path)
+    format_1(ckpt)
+    m = verify(ckpt)
+    assert m.format == 1 and m.checksums() == {}
+    assert verify(ckpt, digests=False) == m
+
+
+def test_a_file_without_the_digest_of_its_format_is_refused(tmp_path: Path) -> None:
+    ckpt, _ = make(tmp_path)
+    data = json.loads((ckpt / "manifest.json").read_text())
+    data["files"]["core-1.img"]["digest"] = ""
+    (ckpt / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(CorruptCheckpoint, match="core-1.img.*no digest"):
+        verify(ckpt)
+
+
+@pytest.mark.parametrize("digests", [True, False])
+def test_format_1_damage_is_caught(tmp_path: Path, digests: bool) -> None:
+    """Even a copy that arrived checked (digests=False): no arrival checked plain
+    sha256 digests."""
+    ckpt, _ = make(tmp_path)
+    format_1(ckpt)
+    with open(ckpt / "pages-2.img", "r+b") as f:
+        f.seek(4 * LEAF + 7)
+        byte = f.read(1)
+        f.seek(4 * LEAF + 7)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(CorruptCheckpoint, match="pages-2.img.*digest mismatch"):
+        verify(ckpt, digests=digests)
+
+
+def _wait(what: str, ok: object, timeout: float = 10.0) -> None:
+    assert callable(ok)
+    end = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < end, f"not after {timeout}s: {what}"
+        time.sleep(0.002)
+
+
 def test_tail_hasher_follows_growing_page_images(tmp_path: Path) -> None:
-    import threading
-
-    chunks = [os.urandom(1 << 20) for _ in range(8)]
-    wrote = threading.Event()
+    """Written in steps that end mid-leaf, followed leaf by leaf as it grows, the
+    rest (several leaves and a short one) hashed by finish() on two threads: the
+    digest of the whole file."""
+    whole = os.urandom(13 * LEAF + 4321)
+    steps = [LEAF // 3, LEAF, 2 * LEAF + 17, LEAF - 17]  # ends on 4 MiB + 1/3
     hasher = mf.TailHasher(tmp_path)
-
-    def writer() -> None:  # as CRIU does: front to back, in pieces
+    try:
         with open(tmp_path / "pages-1.img", "wb", buffering=0) as f:
-            for c in chunks:
-                f.write(c)
-        (tmp_path / "core-1.img").write_bytes(b"not followed")
-        wrote.set()
+            written = 0
+            for step in steps:  # as CRIU does: front to back, in pieces
+                f.write(whole[written : written + step])
+                written += step
 
-    t = threading.Thread(target=writer)
-    t.start()
-    assert wrote.wait(10)
-    t.join()
-    done = hasher.finish()
+                def caught_up(at: int = written) -> bool:
+                    t = hasher._files.get("pages-1.img")  # its leaves so far
+                    return t is not None and t.hash.size == at // LEAF * LEAF
+
+                _wait(f"the hasher at the last whole leaf of {written}", caught_up)
+            f.write(whole[written:])  # the rest at once: CRIU's last write
+        (tmp_path / "core-1.img").write_bytes(b"not followed")
+        done = hasher.finish()
+    finally:
+        hasher.close()
     assert set(done) == {"pages-1.img"}
-    whole = b"".join(chunks)
-    assert done["pages-1.img"] == mf.ImageFile(
-        len(whole), hashlib.sha256(whole).hexdigest()
-    )
+    assert done["pages-1.img"] == mf.ImageFile(len(whole), TreeHash(whole).hexdigest())
     files = mf.digest_files(tmp_path, ["pages-1.img", "core-1.img"], done)
     assert files["pages-1.img"] is done["pages-1.img"]
-    assert files["core-1.img"].sha256 == hashlib.sha256(b"not followed").hexdigest()
+    assert files["core-1.img"].digest == TreeHash(b"not followed").hexdigest()
+    assert files == mf.digest_files(tmp_path, ["pages-1.img", "core-1.img"])
 
 
 def test_tail_hasher_close_without_finish(tmp_path: Path) -> None:

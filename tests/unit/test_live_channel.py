@@ -4,7 +4,6 @@ nothing is left; an image made a FIFO reaches a reader that opened it early."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ssi.digest import TreeHash
 from ssi.migration.channel import Incoming, Invitation, connect, send_images
 from ssi.proto.errors import Denied, Unavailable
 
@@ -24,7 +24,7 @@ def images(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     (src / "pstree.img").write_bytes(b"tree" * 10)
     (src / "core-1.img").write_bytes(os.urandom(300_000))
     (src / "empty.img").write_bytes(b"")
-    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in src.iterdir()}
+    sums = {p.name: TreeHash(p.read_bytes()).hexdigest() for p in src.iterdir()}
     return src, sums
 
 

@@ -5,7 +5,6 @@ is done; a writer's failure or a wrong digest leaves nothing on the receiver."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import threading
@@ -24,6 +23,7 @@ from test_transfer_roundtrip import (
     wait_idle,
 )
 
+from ssi.digest import TreeHash
 from ssi.proto.errors import BadRequest
 from ssi.transfer import ChecksumMismatch, Finished, TransferStats, send_following
 
@@ -53,7 +53,7 @@ def write_slowly(staging: Path, pieces: int, stop: threading.Event) -> None:
 
 
 def digests(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
+    return {p.name: TreeHash(p.read_bytes()).hexdigest() for p in root.iterdir()}
 
 
 def following(
@@ -137,7 +137,7 @@ def test_digests_are_checked_end_to_end(tmp_path: Path, lie: str) -> None:
             await asyncio.to_thread(write_slowly, staging, 10, threading.Event())
             sums = digests(staging)
             if lie == "wrong":
-                sums["pages-1.img"] = hashlib.sha256(b"other").hexdigest()
+                sums["pages-1.img"] = TreeHash(b"other").hexdigest()
             else:
                 del sums["pages-2.img"]
             done.set_result(Finished(staging, sums))

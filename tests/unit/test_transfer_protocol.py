@@ -3,12 +3,12 @@ directory (ordering, checksums, atomic commit, abort), partial-dir sweeping."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
+from ssi.digest import TreeHash
 from ssi.proto.errors import (
     BadRequest,
     Conflict,
@@ -27,8 +27,8 @@ from ssi.transfer.errors import (
 )
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def digest(data: bytes) -> str:
+    return TreeHash(data).hexdigest()
 
 
 # --- frames ---------------------------------------------------------------------------
@@ -149,9 +149,9 @@ def test_reader_hashes_and_pool_reuses(tmp_path: Path) -> None:
             break
     r.close()
     assert b"".join(parts) == data
-    assert r.digest() == sha(data)
+    assert r.digest() == digest(data)
     assert len(pool._free) == 1  # one buffer served every read
-    known = fs.FileReader(tmp_path / "f", known_sha="k" * 64)
+    known = fs.FileReader(tmp_path / "f", known_digest="k" * 64)
     assert known.digest() == "k" * 64
     known.close()
 
@@ -164,10 +164,15 @@ def put_file(st: fs.Staging, rel: str, data: bytes, step: int = 3) -> None:
         piece = data[off : off + step]
         last = off + step >= len(data)
         st.write(
-            rel, off, piece, last=last, sha=sha(data) if last else None, mode=0o640
+            rel,
+            off,
+            piece,
+            last=last,
+            digest=digest(data) if last else None,
+            mode=0o640,
         )
     if not data:
-        st.write(rel, 0, b"", last=True, sha=sha(b""), mode=0o640)
+        st.write(rel, 0, b"", last=True, digest=digest(b""), mode=0o640)
 
 
 def test_staging_commit(tmp_path: Path) -> None:
@@ -188,10 +193,10 @@ def test_staging_commit(tmp_path: Path) -> None:
 
 def test_staging_interleaved_files(tmp_path: Path) -> None:
     st = fs.Staging(tmp_path / "x")
-    st.write("a", 0, b"aa", last=False, sha=None, mode=None)
-    st.write("b", 0, b"bb", last=False, sha=None, mode=None)
-    st.write("a", 2, b"a", last=True, sha=sha(b"aaa"), mode=None)
-    st.write("b", 2, b"", last=True, sha=sha(b"bb"), mode=None)
+    st.write("a", 0, b"aa", last=False, digest=None, mode=None)
+    st.write("b", 0, b"bb", last=False, digest=None, mode=None)
+    st.write("a", 2, b"a", last=True, digest=digest(b"aaa"), mode=None)
+    st.write("b", 2, b"", last=True, digest=digest(b"bb"), mode=None)
     st.commit(2, 5)
     assert (tmp_path / "x" / "a").read_bytes() == b"aaa"
     assert (tmp_path / "x" / "a").stat().st_mode & 0o777 == 0o600
@@ -203,29 +208,29 @@ def only_final(tmp_path: Path) -> list[str]:
 
 def test_staging_refuses_disorder_and_leaves_nothing(tmp_path: Path) -> None:
     st = fs.Staging(tmp_path / "x")
-    st.write("a", 0, b"aa", last=False, sha=None, mode=None)
+    st.write("a", 0, b"aa", last=False, digest=None, mode=None)
     with pytest.raises(MalformedMessage, match="offset 5, expected 2"):
-        st.write("a", 5, b"aa", last=False, sha=None, mode=None)
+        st.write("a", 5, b"aa", last=False, digest=None, mode=None)
     st.abort()
     assert only_final(tmp_path) == []
 
 
 def test_staging_checksum_mismatch(tmp_path: Path) -> None:
     st = fs.Staging(tmp_path / "x")
-    with pytest.raises(ChecksumMismatch, match="a: sha256") as ei:
-        st.write("a", 0, b"data", last=True, sha=sha(b"other"), mode=None)
+    with pytest.raises(ChecksumMismatch, match="a: digest") as ei:
+        st.write("a", 0, b"data", last=True, digest=digest(b"other"), mode=None)
     assert ei.value.details["file"] == "a"
     st.abort()
     assert only_final(tmp_path) == []
 
 
 def test_staging_expected_checksums(tmp_path: Path) -> None:
-    st = fs.Staging(tmp_path / "x", checksums={"a": sha(b"A"), "b": sha(b"B")})
+    st = fs.Staging(tmp_path / "x", checksums={"a": digest(b"A"), "b": digest(b"B")})
     with pytest.raises(ChecksumMismatch, match="damaged at the source"):
-        st.write("a", 0, b"X", last=True, sha=sha(b"X"), mode=None)
+        st.write("a", 0, b"X", last=True, digest=digest(b"X"), mode=None)
     st.abort()
-    st = fs.Staging(tmp_path / "y", checksums={"a": sha(b"A"), "b": sha(b"B")})
-    st.write("a", 0, b"A", last=True, sha=sha(b"A"), mode=None)
+    st = fs.Staging(tmp_path / "y", checksums={"a": digest(b"A"), "b": digest(b"B")})
+    st.write("a", 0, b"A", last=True, digest=digest(b"A"), mode=None)
     with pytest.raises(TransferError, match="did not come: b"):
         st.commit(1, 1)
     st.abort()
@@ -234,15 +239,15 @@ def test_staging_expected_checksums(tmp_path: Path) -> None:
 
 def test_staging_refuses_reopen_and_unfinished(tmp_path: Path) -> None:
     st = fs.Staging(tmp_path / "x")
-    st.write("a", 0, b"", last=True, sha=sha(b""), mode=None)
+    st.write("a", 0, b"", last=True, digest=digest(b""), mode=None)
     with pytest.raises(MalformedMessage, match="after its last chunk"):
-        st.write("a", 0, b"", last=True, sha=sha(b""), mode=None)
-    st.write("b", 0, b"b", last=False, sha=None, mode=None)
+        st.write("a", 0, b"", last=True, digest=digest(b""), mode=None)
+    st.write("b", 0, b"b", last=False, digest=None, mode=None)
     with pytest.raises(MalformedMessage, match="unfinished files: b"):
         st.commit(1, 1)
     st.abort()
     st = fs.Staging(tmp_path / "y")
-    st.write("a", 0, b"a", last=True, sha=sha(b"a"), mode=None)
+    st.write("a", 0, b"a", last=True, digest=digest(b"a"), mode=None)
     with pytest.raises(MalformedMessage, match="announced 2 files"):
         st.commit(2, 1)
     st.abort()
@@ -257,7 +262,7 @@ def test_staging_conflict_and_space(tmp_path: Path) -> None:
         fs.Staging(tmp_path / "y", expected_bytes=1 << 62)
     assert ei.value.details["needed"] == 1 << 62
     st = fs.Staging(tmp_path / "z")
-    st.write("a", 0, b"a", last=True, sha=sha(b"a"), mode=None)
+    st.write("a", 0, b"a", last=True, digest=digest(b"a"), mode=None)
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "other").write_bytes(b"")
     with pytest.raises(Conflict, match="appeared during the transfer"):

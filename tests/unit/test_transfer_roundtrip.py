@@ -5,7 +5,6 @@ Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import sys
 from collections.abc import AsyncIterator, Coroutine
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 import zmq
 
+from ssi.digest import TreeHash
 from ssi.proto.errors import BadRequest, Conflict, Denied, NotFound, Unavailable
 from ssi.rpc.keys import KeyPair
 from ssi.transfer import (
@@ -50,14 +50,16 @@ def keypair() -> KeyPair:
     return KeyPair(public=public, secret=secret)
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def digest(path: Path) -> str:
+    return TreeHash(path.read_bytes()).hexdigest()
 
 
 def tree(root: Path) -> dict[str, str]:
-    """relative path → sha256 of every file under root."""
+    """relative path → digest of every file under root."""
     return {
-        str(p.relative_to(root)): sha(p) for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): digest(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -253,7 +255,7 @@ def test_corrupted_chunk_is_detected(
     async def main() -> None:
         env = await serving(tmp_path)
         try:
-            with pytest.raises(ChecksumMismatch, match=r"sha256 \w+ on arrival") as ei:
+            with pytest.raises(ChecksumMismatch, match=r"digest \w+ on arrival") as ei:
                 await send_dir(env.endpoint, env.key, CLIENT, src, "x", options=SMALL)
             assert ei.value.details["file"]
             assert env.server.sessions == 0
