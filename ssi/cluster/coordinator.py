@@ -51,6 +51,7 @@ class Welcome:
     heartbeat_interval: float
     heartbeat_timeout: float
     revision: int
+    boot: str = ""  # the coordinator's run (agents reconcile when it changes)
 
 
 class Coordinator:
@@ -148,6 +149,7 @@ class Coordinator:
             c.heartbeat_interval,
             c.heartbeat_timeout,
             self.store.revision(),
+            self.boot,
         )
 
     # --- membership -------------------------------------------------------------------

@@ -87,7 +87,7 @@ class Agent:
         self.coord: RpcClient | None = None
         self.connected = False  # the coordinator has welcomed us since start
         self.boot = uuid.uuid4().hex  # this run of ssid, as the coordinator knows it
-        self._coordinator_boot: str | None = None  # its run, from its heartbeats
+        self._coordinator_boot: str | None = None  # its run, from hello and heartbeats
         self.member_keys: set[str] = set()
         self.sampler = NodeSampler.default()
         self._members_tag: str | None = None  # the coordinator's, last seen
@@ -212,7 +212,9 @@ class Agent:
                         resources=node_resources(),
                         boot=self.boot,
                     )
-                    await self._call(hello, timeout=max(2.0, interval * 2))
+                    welcome = await self._call(hello, timeout=max(2.0, interval * 2))
+                    # Known from here: a restart before our first heartbeat counts.
+                    self._coordinator_boot = welcome.get("boot")
                     self.connected = True
                     log.info(
                         "welcomed by the coordinator of %s",

@@ -15,7 +15,7 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,9 @@ class Executor:
         self._wake = asyncio.Event()
         self.job_probe = JobProbe()  # CPU demand, dirty rate: what balancing weighs
         self._tasks: list[asyncio.Task[None]] = []
-        self._reports: set[asyncio.Task[None]] = set()  # migration phases, sent aside
+        self._asides: set[asyncio.Task[None]] = set()  # run without being waited for
+        self._reconciling = asyncio.Lock()
+        self._reconciled = 0  # how many reconciliations began
         self.guard: RestoreGuard | None = None  # set by start()
 
     def handlers(self) -> dict[str, Any]:
@@ -137,22 +139,35 @@ class Executor:
             await asyncio.to_thread(self.guard.close)
 
     async def reconcile(self) -> None:
-        """After the coordinator welcomed us: jobs it moved away while we were out of
-        touch must not run twice."""
-        running = [int(j.job_id) for j in self.runtime.jobs() if j.running]
-        answer = await self.call_coordinator(
-            m.JobsHere(node=self.node, running=running)
-        )
-        for job_id in answer.get("kill", []):
-            log.warning("job %s runs elsewhere now: killing this copy", job_id)
-            await self._kill_and_forget(str(job_id))
-        for job_id in answer.get("resume", []):
-            await self._resume_here(str(job_id))
+        """After the coordinator welcomed us, or a new run of it: jobs it moved away
+        while we were out of touch, or whose move it forgot, must not run twice."""
+        async with self._reconciling:
+            self._reconciled += 1
+            running = [int(j.job_id) for j in self.runtime.jobs() if j.running]
+            answer = await self.call_coordinator(
+                m.JobsHere(node=self.node, running=running)
+            )
+            for job_id in answer.get("kill", []):
+                log.warning("job %s runs elsewhere now: killing this copy", job_id)
+                with contextlib.suppress(NotFound):  # gone meanwhile
+                    await self._kill_and_forget(str(job_id))
+            for job_id in answer.get("resume", []):
+                await self._resume_here(str(job_id))
+
+    async def _reconcile_aside(self) -> None:
+        try:
+            await self.reconcile()
+        except SsiError as e:  # out of touch: the next welcome reconciles
+            log.warning("could not reconcile with the coordinator: %s", e)
 
     async def _kill_and_forget(self, job_id: str) -> None:
-        self._ended.pop(job_id, None)
-        self._unwatch(self.runtime.job(job_id))  # on the loop: it owns the readers
-        await asyncio.to_thread(self.runtime.forget, job_id, kill=True)
+        """Kill this node's copy of the job and forget it; NotFound if none."""
+        try:
+            self._ended.pop(job_id, None)
+            self._unwatch(self.runtime.job(job_id))  # on the loop: it owns the readers
+            await asyncio.to_thread(self.runtime.forget, job_id, kill=True)
+        finally:  # nothing of it is left to guard
+            await self._disarm(job_id)
 
     # --- exits ---------------------------------------------------------------------
 
@@ -332,6 +347,16 @@ class Executor:
     async def on_restore(self, env: m.Envelope, peer: Any) -> dict[str, Any]:
         body = env.body
         assert isinstance(body, m.AgentRestore)
+        reconciled = self._reconciled
+        answer = await self._restore(body)
+        if body.cleanup and self._reconciled != reconciled:
+            # A new coordinator run reconciled while this move's copy was being
+            # made, so without it: the run that asked for the copy may be gone,
+            # and with it the move. Ask again (job.here) now that it is here.
+            self._aside(self._reconcile_aside())
+        return answer
+
+    async def _restore(self, body: m.AgentRestore) -> dict[str, Any]:
         started = time.monotonic()
         local = self.spool / body.checkpoint
         job_id = str(body.job)
@@ -415,9 +440,13 @@ class Executor:
                     )
                 )
 
-        task = asyncio.get_running_loop().create_task(report())
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        self._aside(report())
+
+    def _aside(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` on the loop without waiting for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._asides.add(task)
+        task.add_done_callback(self._asides.discard)
 
     async def _usable_copy(
         self, local: Path, body: m.AgentRestore
@@ -562,11 +591,8 @@ class Executor:
         assert isinstance(body, m.AgentForget)
         job_id = str(body.job)
         if body.kill:
-            try:
-                with contextlib.suppress(NotFound):  # never got here; images may have
-                    await self._kill_and_forget(job_id)
-            finally:  # a move undone: nothing of it is left to guard
-                await self._disarm(job_id)
+            with contextlib.suppress(NotFound):  # never got here; images may have
+                await self._kill_and_forget(job_id)
         for ckpt in body.checkpoints:
             if "/" in ckpt or ckpt.startswith("."):
                 raise Conflict(f"bad checkpoint id {ckpt!r}")

@@ -316,11 +316,14 @@ def test_source_restarted_before_the_target_confirmed_resumes_the_job_there(
 
 
 def test_coordinator_restarted_mid_move_resumes_the_job_on_its_source(
-    cluster: LocalSsiCluster, workdir: Path
+    ssi_cluster: Callable[..., LocalSsiCluster], workdir: Path
 ) -> None:
     """The coordinator's ssid dies while the target restores (cold: both copies
     exist, both frozen) and comes back: the move it drove is over, never recorded;
-    the agents reconcile, the source resumes the job, the target kills its copy."""
+    the agents reconcile, the source resumes the job, the target kills its copy
+    (made after its agent reconciled). Heartbeats 3 s apart: the agents hear the
+    new run from their first heartbeat's answer, none having come before it."""
+    cluster = ssi_cluster(3, heartbeat_interval=3.0, heartbeat_timeout=60.0)
     job_id, out = big_counter(cluster, workdir)
     move = Move(cluster, job_id, live=False)
     reach(cluster, job_id, "criu-restore")
