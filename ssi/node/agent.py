@@ -4,6 +4,7 @@ coordinator, sends heartbeats, and holds the coordinator role when this node has
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -89,6 +90,11 @@ class Agent:
         self.boot = uuid.uuid4().hex  # this run of ssid, as the coordinator knows it
         self._coordinator_boot: str | None = None  # its run, from hello and heartbeats
         self.member_keys: set[str] = set()
+        if self.membership is not None and self.membership.role is Role.COORDINATOR:
+            # Members reconnect the moment our cluster socket listens, before
+            # start() makes the coordinator: know their keys from its store now.
+            with contextlib.closing(self._cluster_store()) as store:
+                self.member_keys = {n.public_key for n in store.nodes()}
         self.sampler = NodeSampler.default()
         self._members_tag: str | None = None  # the coordinator's, last seen
         # Services other nodes and jobs use through this node (see ssi/node/service.py).
@@ -148,7 +154,7 @@ class Agent:
         await self.executor.close()
 
     def _start_coordinator(self, cluster: str) -> Coordinator:
-        store = SqliteStore(self.state_dir / "cluster.db")
+        store = self._cluster_store()
         if store.meta("cluster") is None:
             store.set_meta("cluster", cluster)
         peers = Peers(self.ctx, self.keypair, sender=self.name)
@@ -160,6 +166,9 @@ class Agent:
         )
         self.coordinator.start()
         return self.coordinator
+
+    def _cluster_store(self) -> SqliteStore:
+        return SqliteStore(self.state_dir / "cluster.db")
 
     def _connect(self, mf: MembershipFile) -> None:
         endpoint = f"tcp://{mf.coordinator_address}:{mf.coordinator_port}"

@@ -436,7 +436,10 @@ class RpcClient:
 
     A server that refuses our key gives nothing at all: calls end in `Timeout`.
     Requests are only queued on a completed connection (ZMQ_IMMEDIATE), so one
-    that timed out before any connection is never delivered later.
+    that timed out before any connection is never delivered later. A refused
+    handshake is tried again after a while: libzmq ends such a connection for
+    good, and a server may well admit us later (a coordinator restarting, the
+    member list it checks not read yet).
     """
 
     def __init__(
@@ -456,6 +459,7 @@ class RpcClient:
         self.sender = sender
         self._pending = PendingCalls()
         self._reader: asyncio.Task[None] | None = None
+        self._retrier: asyncio.Task[None] | None = None
         self._closed = False
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -474,6 +478,7 @@ class RpcClient:
             sock.close(linger=0)
             raise ValueError(f"bad endpoint {endpoint!r}: {e}") from None
         self._sock = sock
+        self._refusals = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
     async def call(
         self,
@@ -491,8 +496,12 @@ class RpcClient:
         if self._closed:
             raise Unavailable(f"rpc client for {self.endpoint} is closed")
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(
+            loop = asyncio.get_running_loop()
+            self._reader = loop.create_task(
                 self._read(), name=f"ssi-rpc-client {self.endpoint}"
+            )
+            self._retrier = loop.create_task(
+                self._retry_refused(), name=f"ssi-rpc-client-retry {self.endpoint}"
             )
         request_id = new_request_id()
         env = Envelope(
@@ -543,13 +552,26 @@ class RpcClient:
                     "rpc client %s: late reply %s dropped", self.endpoint, reply.id
                 )
 
+    async def _retry_refused(self) -> None:
+        """Connect again, a reconnect interval after each refused handshake."""
+        while True:
+            await self._refusals.recv_multipart()  # one event: the mask has one kind
+            await asyncio.sleep(_RECONNECT_IVL_MAX_MS / 1000)
+            with contextlib.suppress(zmq.ZMQError):  # no such connection left
+                self._sock.disconnect(self.endpoint)
+            self._sock.connect(self.endpoint)
+
     def close(self) -> None:
         """Close now (pending calls fail with `Unavailable`); never blocks."""
         if self._closed:
             return
         self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._reader, self._retrier):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(zmq.ZMQError):  # its context already gone
+            self._sock.disable_monitor()
+        self._refusals.close(linger=0)
         self._sock.close(linger=0)
         self._pending.fail_all(Unavailable(f"rpc client for {self.endpoint} closed"))
 

@@ -339,3 +339,5 @@ def test_coordinator_restarted_mid_move_resumes_the_job_on_its_source(
         "no copy on the target", lambda: not copies(cluster, TARGET, job_id)[0], 20
     )
     runs_once_on_the_source(cluster, job_id, out, rollbacks=0)
+    # Members knocked as soon as it listened, before its coordinator had started.
+    assert "refused key" not in cluster.log_path("node1").read_text()

@@ -244,6 +244,23 @@ def test_allowed_set_changed_at_run_time() -> None:
     run(main())
 
 
+def test_a_client_refused_once_is_served_when_admitted_later() -> None:
+    """A restarting coordinator refuses its members until it has read them: the
+    same client (an agent's) must get through afterwards, not stay cut off."""
+
+    async def main() -> None:
+        member = keypair()
+        allowed: set[bytes] = set()
+        async with zmq_server(allowed) as (server, client, _, _):
+            c = client(member)
+            with pytest.raises(errors.Timeout):
+                await c.call(m.Ping(), timeout=0.5)
+            allowed.add(member.public)
+            assert isinstance(await c.call(m.Ping(), timeout=8), m.Pong)
+
+    run(main(), timeout=20)
+
+
 def test_join_socket_serves_only_join_ops_to_any_key() -> None:
     async def main() -> None:
         stranger = keypair()
