@@ -14,6 +14,9 @@ Workloads, run as `python -c CODE ARGS`:
 - SPARSE_PAGES: stamps runs of pages of one mapping, holes between them, and every page
   of another, with threads idling beside; prints what its memory holds (see there) at
   the start and when a file "stop" appears in its directory, then exits.
+- WALKER: stamps every page of its memory, then walks it down page after page as fast
+  as it can, checking each page's stamp before it stamps it anew; prints its verdict
+  when a file "stop" appears in its directory, then exits.
 """
 
 from __future__ import annotations
@@ -107,6 +110,32 @@ while not os.path.exists("stop"):
     time.sleep(0.01)
 print(state(), flush=True)
 stop.set()
+"""
+
+# Step s checks that its page, PAGES - 1 - s % PAGES, holds s - PAGES (its last stamp;
+# the first PAGES steps stamp every page), then stamps it s. It walks down, against
+# post-copy's background transfer (which goes up), and faults where it gets ahead of
+# it. A page that came from the wrong place, came twice or never came shows.
+# Once "stop" appears, one more round checks every page, and it prints "ok STEPS" or
+# what was wrong.
+WALKER = r"""
+import os, struct, sys
+PAGES = int(sys.argv[1])
+mem = bytearray(PAGES * 4096)
+for s in range(PAGES):
+    struct.pack_into("<Q", mem, (PAGES - 1 - s) * 4096, s)
+print("ready", flush=True)
+s, bad, last = PAGES, None, None
+while bad is None and (last is None or s < last):
+    p = PAGES - 1 - s % PAGES
+    (got,) = struct.unpack_from("<Q", mem, p * 4096)
+    if got != s - PAGES:
+        bad = f"bad page {p} at step {s}: holds {got}, not {s - PAGES}"
+    struct.pack_into("<Q", mem, p * 4096, s)
+    s += 1
+    if last is None and s % 4096 == 0 and os.path.exists("stop"):
+        last = s + PAGES
+print(bad or f"ok {s}", flush=True)
 """
 
 
