@@ -495,11 +495,12 @@ class RpcClient:
         sending when the request exceeds the size cap."""
         if self._closed:
             raise Unavailable(f"rpc client for {self.endpoint} is closed")
+        loop = asyncio.get_running_loop()
         if self._reader is None or self._reader.done():
-            loop = asyncio.get_running_loop()
             self._reader = loop.create_task(
                 self._read(), name=f"ssi-rpc-client {self.endpoint}"
             )
+        if self._retrier is None or self._retrier.done():
             self._retrier = loop.create_task(
                 self._retry_refused(), name=f"ssi-rpc-client-retry {self.endpoint}"
             )
