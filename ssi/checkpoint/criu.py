@@ -44,7 +44,6 @@ from typing import Any
 
 from pycriu import rpc_pb2 as rpc
 
-import kernel_shim
 from ssi.checkpoint.errors import CriuError
 from ssi.checkpoint.lazy import CriuDaemon, LazyDump, page_server_config
 from ssi.checkpoint.options import (
@@ -61,7 +60,7 @@ from ssi.checkpoint.outcome import (
     log_errors,
     stats_of,
 )
-from ssi.checkpoint.swrk import PROBE_AND_FDS, Spare, Swrk, named_fds
+from ssi.checkpoint.swrk import PROBE_AND_FDS, Spare, Swrk, named_fds, spawn_criu
 
 log = logging.getLogger(__name__)
 
@@ -374,21 +373,10 @@ class Criu:
 
     def _spawn(self, op: str, argv: list[str], pass_fds: tuple[int, ...]) -> int:
         """A long-lived CRIU process (in CRIU's netns, stdio on /dev/null); its PID."""
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            return kernel_shim.spawn(
-                argv,
-                netns=self.netns,
-                stdin=null,
-                stdout=null,
-                stderr=null,
-                pass_fds=pass_fds,
-                new_session=False,
-            )
+            return spawn_criu(argv, self.netns, pass_fds)
         except OSError as e:
             raise CriuError(op, f"cannot start {self.binary}: {e}") from None
-        finally:
-            os.close(null)
 
     # -- plumbing ----------------------------------------------------------------
 

@@ -54,28 +54,17 @@ class Swrk:
         *,
         probe: bool = False,
     ) -> Swrk:
-        """Start CRIU (kernel_shim.spawn: no os.fork of our threaded heap; in
-        `netns` when set), `pass_fds` open in it under their numbers. OSError if
-        it cannot start."""
+        """Start `criu swrk` (spawn_criu), `pass_fds` open in it under their
+        numbers. OSError if it cannot start."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         argv = [binary, "swrk", str(theirs.fileno()), *(["probe"] if probe else [])]
         try:
-            pid = kernel_shim.spawn(
-                argv,
-                netns=netns,
-                stdin=null,
-                stdout=null,
-                stderr=null,
-                pass_fds=(theirs.fileno(), *pass_fds),
-                new_session=False,
-            )
+            pid = spawn_criu(argv, netns, (theirs.fileno(), *pass_fds))
         except OSError:
             ours.close()
             raise
         finally:
             theirs.close()
-            os.close(null)
         return cls(pid, ours)
 
     def send(self, req: Any, fds: tuple[int, ...] = ()) -> None:
@@ -104,6 +93,25 @@ class Swrk:
         ended, in words."""
         self.sock.close()
         return reap(self.pid, timeout)
+
+
+def spawn_criu(argv: list[str], netns: str | None, pass_fds: tuple[int, ...]) -> int:
+    """Start a CRIU process (kernel_shim.spawn: no os.fork of our threaded heap; in
+    `netns` when set, stdio on /dev/null, `pass_fds` open under their numbers); its
+    PID. OSError if it cannot start."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return kernel_shim.spawn(
+            argv,
+            netns=netns,
+            stdin=null,
+            stdout=null,
+            stderr=null,
+            pass_fds=pass_fds,
+            new_session=False,
+        )
+    finally:
+        os.close(null)
 
 
 def named_fds(req: Any) -> tuple[int, ...]:
